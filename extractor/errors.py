@@ -1,0 +1,114 @@
+"""The one exception tree of binance-extractor; each class maps to one exit code.
+
+::
+
+    ExtractorError                    1  unexpected failure
+    ├── BadInputError                 2  a flag, variable, date, symbol or URL is wrong
+    │   └── RequestRejected           2  Binance refused the request (code and message kept)
+    ├── StorageError                  1  the database refused data (integrity, programming)
+    └── TemporaryError               75  nothing is wrong with the input: try again later
+        ├── ExchangeUnavailable      75  timeouts, resets, 5xx, HTML error pages
+        │   └── MalformedResponse    75  truncated JSON or a row that fails validation
+        ├── RateLimited              75  429 that did not clear (carries retry_after seconds)
+        ├── IPBanned                 75  418: banned until a known time (carries until_ms)
+        ├── StorageUnavailable       75  the database cannot be reached or went away
+        ├── BreakerOpen              75  a circuit breaker refuses calls until retry_at
+        └── RunLocked                75  another run holds the lock for the same database
+
+Foreign exceptions (requests, SQLAlchemy, PyMySQL, pymongo, the breaker library) are translated
+where they are caught, always ``raise Ours(...) from exc``; the CLI turns classes into exit codes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+EXIT_TEMPFAIL = 75
+
+
+def format_utc(epoch_seconds: float) -> str:
+    """An instant as ISO 8601 UTC to the second, as every message shows times."""
+    return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ExtractorError(Exception):
+    """Base of every error the extractor raises on purpose."""
+
+    exit_code = EXIT_FAILURE
+
+
+class BadInputError(ExtractorError):
+    """The user gave something we can reject before touching the network."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class RequestRejected(BadInputError):
+    """A 4xx answer carrying a Binance error code: retrying cannot help."""
+
+    def __init__(self, code: int, msg: str, status: int = 400) -> None:
+        super().__init__(f"Binance rejected the request: {msg} (code {code})")
+        self.code = code
+        self.msg = msg
+        self.status = status
+
+
+class StorageError(ExtractorError):
+    """The database refused the data itself: a bug or bad data, not an outage."""
+
+
+class TemporaryError(ExtractorError):
+    """Retryable later: the exchange or the database is unhealthy, or another run is busy."""
+
+    exit_code = EXIT_TEMPFAIL
+
+
+class ExchangeUnavailable(TemporaryError):
+    """The exchange did not give a usable answer; the outcome is unknown, so retry."""
+
+
+class MalformedResponse(ExchangeUnavailable):
+    """The exchange answered with something that is not the documented shape."""
+
+
+class RateLimited(TemporaryError):
+    """HTTP 429 kept coming back after honouring Retry-After."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class IPBanned(TemporaryError):
+    """HTTP 418: the IP is banned until ``until_ms`` (epoch milliseconds)."""
+
+    def __init__(self, until_ms: int) -> None:
+        super().__init__(
+            f"Binance has banned this IP until {format_utc(until_ms / 1000)}; "
+            "no request is sent before then — retry after that time"
+        )
+        self.until_ms = until_ms
+
+
+class StorageUnavailable(TemporaryError):
+    """The database cannot be reached or dropped the connection."""
+
+
+class BreakerOpen(TemporaryError):
+    """A circuit breaker is open and refuses calls until ``retry_at`` (epoch seconds)."""
+
+    def __init__(self, breaker: str, retry_at: float, what: str) -> None:
+        super().__init__(
+            f"the {breaker} circuit breaker is open after repeated {what} failures; "
+            f"next trial at {format_utc(retry_at)} — retry after that, or run "
+            "`binance-extractor breakers reset` once the cause is fixed"
+        )
+        self.breaker = breaker
+        self.retry_at = retry_at
+
+
+class RunLocked(TemporaryError):
+    """Another run holds the lock for this database."""

@@ -1,0 +1,157 @@
+"""The Kline record and the validation of raw ``/api/v3/klines`` rows.
+
+Prices and volumes stay exact ``Decimal``s from the JSON string to the database: never ``float``.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+from extractor.errors import BadInputError, MalformedResponse
+from extractor.intervals import Interval
+
+SYMBOL_PATTERN = re.compile(r"[A-Z0-9\-_.]{1,20}")
+
+# Binance sends plain non-negative decimal strings ("0.01634790"); nothing else is accepted.
+_is_decimal = re.compile(r"\d{1,30}(?:\.\d{1,30})?").fullmatch
+
+DECIMAL_FIELDS: tuple[str, ...] = (
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "quote_asset_volume",
+    "taker_buy_base_asset_volume",
+    "taker_buy_quote_asset_volume",
+)
+
+
+class Kline(NamedTuple):
+    """One closed candle, keyed by (symbol, interval, open_time); times are UTC epoch ms."""
+
+    symbol: str
+    interval: str
+    open_time: int
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    close_time: int
+    quote_asset_volume: Decimal
+    number_of_trades: int
+    taker_buy_base_asset_volume: Decimal
+    taker_buy_quote_asset_volume: Decimal
+
+
+FIELDS: tuple[str, ...] = Kline._fields
+
+
+def validate_symbol(symbol: str) -> str:
+    """Return ``symbol`` if it matches Binance's symbol syntax, else raise a bad-input error."""
+    if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
+        raise BadInputError(
+            f"invalid symbol {symbol!r}: symbols are 1-20 characters of A-Z 0-9 - _ . (upper case, "
+            "e.g. BTCUSDT)"
+        )
+    return symbol
+
+
+def plain(value: Decimal) -> str:
+    """A Decimal as a plain string with no exponent (``1E-8`` -> ``0.00000001``)."""
+    return format(value, "f")
+
+
+def _decimal(row_no: int, name: str, value: Any) -> Decimal:
+    if type(value) is not str or not _is_decimal(value):
+        raise MalformedResponse(f"kline row {row_no}: field {name} is {value!r}, not a decimal string")
+    return Decimal(value)
+
+
+def _integer(row_no: int, name: str, value: Any) -> int:
+    if type(value) is not int:
+        raise MalformedResponse(f"kline row {row_no}: field {name} is {value!r}, not an integer")
+    return value
+
+
+def parse_rows(
+    symbol: str,
+    interval: Interval,
+    rows: Any,
+    start: int,
+    end: int,
+) -> list[Kline]:
+    """Validate raw API rows for ``start <= open_time < end`` and turn them into Klines.
+
+    Rows must have 12 fields of the documented types, ``close_time == next_open(open_time) - 1``,
+    open times aligned to the interval, strictly increasing and inside the requested window.
+    """
+    if not isinstance(rows, list):
+        raise MalformedResponse(f"klines response is {type(rows).__name__}, not a list of rows")
+    out: list[Kline] = []
+    append = out.append
+    previous = start - 1
+    anchored = interval.is_anchored
+    name = interval.name
+    for row_no, row in enumerate(rows):
+        if type(row) is not list or len(row) != 12:
+            raise MalformedResponse(f"kline row {row_no}: expected a list of 12 fields, got {row!r:.80}")
+        (open_time, o, h, lo, c, v, close_time, qv, trades, tbv, tqv, _unused) = row
+        _integer(row_no, "open_time", open_time)
+        _integer(row_no, "close_time", close_time)
+        _integer(row_no, "number_of_trades", trades)
+        if open_time <= previous:
+            what = "not after the previous row" if row_no else f"before the requested start {start}"
+            raise MalformedResponse(f"kline row {row_no}: open_time {open_time} is {what}")
+        if open_time >= end:
+            raise MalformedResponse(f"kline row {row_no}: open_time {open_time} is past the window end {end}")
+        if anchored and interval.align(open_time) != open_time:
+            raise MalformedResponse(f"kline row {row_no}: open_time {open_time} is not a {name} open time")
+        if close_time != interval.next_open(open_time) - 1:
+            raise MalformedResponse(
+                f"kline row {row_no}: close_time {close_time} does not close the {name} candle "
+                f"opening at {open_time}"
+            )
+        if trades < 0:
+            raise MalformedResponse(f"kline row {row_no}: field number_of_trades is negative ({trades})")
+        append(
+            Kline(
+                symbol,
+                name,
+                open_time,
+                _decimal(row_no, "open", o),
+                _decimal(row_no, "high", h),
+                _decimal(row_no, "low", lo),
+                _decimal(row_no, "close", c),
+                _decimal(row_no, "volume", v),
+                close_time,
+                _decimal(row_no, "quote_asset_volume", qv),
+                trades,
+                _decimal(row_no, "taker_buy_base_asset_volume", tbv),
+                _decimal(row_no, "taker_buy_quote_asset_volume", tqv),
+            )
+        )
+        previous = open_time
+    return out
+
+
+def to_row(kline: Kline) -> list[Any]:
+    """The Binance wire row of a Kline (field 12 as ``"0"``), for fakes and comparisons."""
+    return [
+        kline.open_time,
+        plain(kline.open),
+        plain(kline.high),
+        plain(kline.low),
+        plain(kline.close),
+        plain(kline.volume),
+        kline.close_time,
+        plain(kline.quote_asset_volume),
+        kline.number_of_trades,
+        plain(kline.taker_buy_base_asset_volume),
+        plain(kline.taker_buy_quote_asset_volume),
+        "0",
+    ]
+
