@@ -15,7 +15,8 @@ from extractor.intervals import Interval
 SYMBOL_PATTERN = re.compile(r"[A-Z0-9\-_.]{1,20}")
 
 # Binance sends plain non-negative decimal strings ("0.01634790"); nothing else is accepted.
-_is_decimal = re.compile(r"\d{1,30}(?:\.\d{1,30})?").fullmatch
+# [0-9], not \d: \d also matches Arabic-Indic and full-width digits, which Decimal() would take.
+_is_decimal = re.compile(r"[0-9]{1,30}(?:\.[0-9]{1,30})?").fullmatch
 
 DECIMAL_FIELDS: tuple[str, ...] = (
     "open",
@@ -154,4 +155,3 @@ def to_row(kline: Kline) -> list[Any]:
         plain(kline.taker_buy_quote_asset_volume),
         "0",
     ]
-
