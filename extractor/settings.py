@@ -40,6 +40,9 @@ _CONFIG_KEYS = {
     "state_dir",
     "log_format",
     "log_level",
+    "timeout",
+    "attempts",
+    "backoff",
 }
 
 
@@ -120,6 +123,9 @@ class Settings:
     log_format: str = "text"
     log_level: str = "WARNING"
     api_key: str | None = None
+    read_timeout: float = 10.0
+    max_attempts: int = 5
+    backoff_base: float = 0.5
     breaker_environ: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -166,6 +172,16 @@ def _positive_int(value: Any, name: str) -> int:
         raise BadInputError(f"invalid {name} {value!r}: expected a whole number") from None
     if not 1 <= number <= MAX_CONCURRENCY:
         raise BadInputError(f"invalid {name} {value!r}: expected 1 to {MAX_CONCURRENCY}")
+    return number
+
+
+def _seconds(value: Any, name: str, low: float, high: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise BadInputError(f"invalid {name} {value!r}: expected a number of seconds") from None
+    if not low <= number <= high:
+        raise BadInputError(f"invalid {name} {value!r}: expected {low:g} to {high:g} seconds")
     return number
 
 
@@ -221,5 +237,14 @@ def load_settings(
         log_format=fmt,
         log_level=level,
         api_key=environ.get("BINANCE_API_KEY") or None,
+        read_timeout=_seconds(
+            get(None, "EXTRACTOR_TIMEOUT", "timeout") or 10.0, "read timeout (EXTRACTOR_TIMEOUT)", 0.05, 300
+        ),
+        max_attempts=int(
+            _seconds(get(None, "EXTRACTOR_ATTEMPTS", "attempts") or 5, "attempts (EXTRACTOR_ATTEMPTS)", 1, 50)
+        ),
+        backoff_base=_seconds(
+            get(None, "EXTRACTOR_BACKOFF", "backoff") or 0.5, "backoff (EXTRACTOR_BACKOFF)", 0, 60
+        ),
         breaker_environ=breaker_environ,
     )

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class BenchRow:
-    """One printed result: ``B1 backfill sqlite | 61,200 | klines/s | >= 50,000 | python-binance 3,100 (19.7x)``."""
+    """One printed result, e.g. ``B1 backfill sqlite | 61,200 | klines/s | >= 50,000 | 19.7x``."""
 
     name: str
     value: float

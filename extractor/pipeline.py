@@ -1,0 +1,547 @@
+"""backfill, extract, gaps and check: which windows to fetch, fetching them concurrently, writing in order.
+
+Windows are fetched by a bounded pool and written strictly in the order they were planned, so a run that
+is killed leaves a stored prefix of every series: a rerun asks the store what is missing and fetches only
+that. Ranges the exchange answered with no rows (before a listing, outages) are remembered in the store,
+so reruns do not ask again and ``gaps`` can tell them apart from holes never fetched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from extractor.binance import BinanceClient
+from extractor.errors import (
+    BadInputError,
+    ExchangeUnavailable,
+    ExtractorError,
+    StorageUnavailable,
+    TemporaryError,
+    format_utc,
+)
+from extractor.intervals import Interval
+from extractor.klines import Kline
+from extractor.settings import Settings
+from extractor.storage import KlineStore, mask_url, open_store
+from utils.circuit_breaker import (
+    CircuitBreaker,
+    CircuitBreakerConfigError,
+    JsonFileStateStore,
+)
+
+if TYPE_CHECKING:
+    from utils.circuit_breaker import CircuitBreakerListener
+
+log = logging.getLogger("extractor.pipeline")
+
+Range = tuple[int, int]
+ProgressCallback = Callable[[int, int], None]
+"""Called with (candles done, candles planned) as windows are written."""
+
+
+# ---------------------------------------------------------------------------------------------- runtime
+
+
+class Runtime:
+    """The breakers, exchange client and store of one command, built on first use and closed together."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        try:
+            settings.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BadInputError(
+                f"state directory {settings.state_dir} cannot be created ({exc.strerror}); "
+                "set EXTRACTOR_STATE_DIR to a writable directory"
+            ) from exc
+        self.api_breaker = self._breaker("api", ExchangeUnavailable, self.api_state_file)
+        self.db_breaker = self._breaker("db", StorageUnavailable, self.db_state_file)
+        self._client: BinanceClient | None = None
+        self._store: KlineStore | None = None
+
+    @property
+    def api_state_file(self) -> Path:
+        return self.settings.state_dir / "api-breaker.json"
+
+    @property
+    def db_state_file(self) -> Path:
+        """One file per database, so an outage of one database does not hold back another."""
+        digest = hashlib.sha256(mask_url(self.settings.db_url).encode()).hexdigest()[:12]
+        return self.settings.state_dir / f"db-breaker-{digest}.json"
+
+    @property
+    def ban_file(self) -> Path:
+        return self.settings.state_dir / "ip-ban.json"
+
+    def _breaker(self, name: str, counted: type[Exception], path: Path) -> CircuitBreaker:
+        try:
+            return CircuitBreaker.from_env(
+                name,
+                environ=self.settings.breaker_environ,
+                expected_exception=counted,
+                state_store=JsonFileStateStore(path),
+            )
+        except CircuitBreakerConfigError as exc:
+            raise BadInputError(str(exc)) from exc
+
+    @property
+    def client(self) -> BinanceClient:
+        if self._client is None:
+            self._client = BinanceClient(
+                self.settings.base_url,
+                breaker=self.api_breaker,
+                concurrency=self.settings.concurrency,
+                ban_file=self.ban_file,
+                api_key=self.settings.api_key,
+                read_timeout=self.settings.read_timeout,
+                max_attempts=self.settings.max_attempts,
+                backoff_base=self.settings.backoff_base,
+            )
+        return self._client
+
+    @property
+    def store(self) -> KlineStore:
+        if self._store is None:
+            self._store = open_store(self.settings.db_url, breaker=self.db_breaker)
+            telemetry: CircuitBreakerListener = self._store.telemetry()
+            self.api_breaker.add_listener(telemetry)
+            self.db_breaker.add_listener(telemetry)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+        if self._client is not None:
+            self._client.close()
+
+
+# ---------------------------------------------------------------------------------------------- ranges
+
+
+def closed_limit(interval: Interval, now_ms: int) -> int:
+    """The smallest open time whose candle is not closed at ``now_ms`` (the forming candle's open)."""
+    if interval.is_anchored:
+        return interval.align(now_ms)
+    return now_ms - interval.length_ms + 1
+
+
+def subtract(ranges: Sequence[Range], remove: Sequence[Range]) -> list[Range]:
+    """``ranges`` minus ``remove``; both sorted, non-overlapping, half-open."""
+    out: list[Range] = []
+    j = 0
+    for lo, hi in ranges:
+        cursor = lo
+        while j < len(remove) and remove[j][1] <= cursor:
+            j += 1
+        k = j
+        while k < len(remove) and remove[k][0] < hi:
+            r_lo, r_hi = remove[k]
+            if r_lo > cursor:
+                out.append((cursor, r_lo))
+            cursor = max(cursor, r_hi)
+            k += 1
+        if cursor < hi:
+            out.append((cursor, hi))
+    return out
+
+
+def _empty_ranges(interval: Interval, lo: int, hi: int, open_times: Sequence[int]) -> list[Range]:
+    """Sub-ranges of ``[lo, hi)`` that should hold a candle but the exchange returned none for."""
+    step = interval.length_ms
+    if interval.is_anchored:
+
+        def has_candle(a: int, b: int) -> bool:
+            return interval.ceil(a) < b
+
+    elif open_times:
+        phase = open_times[0] % step
+
+        def has_candle(a: int, b: int) -> bool:
+            return a + (phase - a) % step < b
+
+    else:
+
+        def has_candle(a: int, b: int) -> bool:
+            return b - a >= step
+
+    gaps: list[Range] = []
+    cursor = lo
+    for t in open_times:
+        if t > cursor and has_candle(cursor, t):
+            gaps.append((cursor, t))
+        cursor = interval.next_open(t)
+    if cursor < hi and has_candle(cursor, hi):
+        gaps.append((cursor, hi))
+    return gaps
+
+
+# ---------------------------------------------------------------------------------------------- engine
+
+
+@dataclass(frozen=True)
+class Window:
+    """One request's worth of one series: ``start <= open_time < end``, at most 1,000 candles."""
+
+    report: SeriesReport
+    start: int
+    end: int
+    closed_end: int
+
+
+@dataclass
+class SeriesReport:
+    """What one run did for one symbol × interval; printed as its summary line."""
+
+    symbol: str
+    interval: Interval
+    start: int
+    end: int
+    planned: int = 0
+    already_stored: int = 0
+    written: int = 0
+    windows: int = 0
+    exchange_gap_candles: int = 0
+    status: str = ""
+
+    def line(self) -> str:
+        span = f"{format_utc(self.start / 1000)}..{format_utc(self.end / 1000)}"
+        if self.end <= self.start:
+            return f"{self.symbol} {self.interval}: nothing closed in the range yet"
+        parts = [f"{self.written:,} candles written"]
+        if self.already_stored:
+            parts.append(f"{self.already_stored:,} already stored")
+        if self.exchange_gap_candles:
+            parts.append(f"{self.exchange_gap_candles:,} absent on the exchange")
+        parts.append(f"{self.windows:,} requests")
+        suffix = f" [{self.status}]" if self.status else ""
+        return f"{self.symbol} {self.interval} {span}: " + ", ".join(parts) + suffix
+
+
+@dataclass
+class RunResult:
+    """Reports per series, plus totals for the progress line and the benchmarks."""
+
+    reports: list[SeriesReport] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def written(self) -> int:
+        return sum(r.written for r in self.reports)
+
+
+def _plan_windows(
+    interval: Interval, todo: Iterable[Range], report: SeriesReport, closed_end: int
+) -> Iterator[Window]:
+    for lo, hi in todo:
+        for start, end in interval.windows(lo, hi):
+            yield Window(report, start, end, min(end, closed_end))
+
+
+def fetch_and_write(
+    client: BinanceClient,
+    store: KlineStore,
+    windows: Iterable[Window],
+    *,
+    concurrency: int,
+    progress: ProgressCallback | None = None,
+    planned: int = 0,
+) -> None:
+    """Fetch windows with ``concurrency`` requests in flight; write each, in plan order, as it arrives."""
+    pending: deque[tuple[Window, Future[list[Kline]]]] = deque()
+    planned_windows = iter(windows)
+    done = 0
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fetch")
+
+    def refill() -> None:
+        while len(pending) < 2 * concurrency:
+            window = next(planned_windows, None)
+            if window is None:
+                return
+            report = window.report
+            pending.append(
+                (window, pool.submit(client.klines, report.symbol, report.interval, window.start, window.end))
+            )
+
+    try:
+        refill()
+        while pending:
+            window, future = pending.popleft()
+            klines = future.result()
+            refill()
+            report = window.report
+            if klines:
+                store.write(klines)
+            report.written += len(klines)
+            report.windows += 1
+            gaps = _empty_ranges(
+                report.interval, window.start, window.closed_end, [k.open_time for k in klines]
+            )
+            for lo, hi in gaps:
+                store.mark_exchange_gap(report.symbol, report.interval, lo, hi)
+                report.exchange_gap_candles += report.interval.count(lo, hi)
+            done += len(klines) + sum(report.interval.count(lo, hi) for lo, hi in gaps)
+            if progress is not None:
+                progress(done, planned)
+    except BaseException:
+        for _, future in pending:
+            future.cancel()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def _plan_series(
+    store: KlineStore, symbol: str, interval: Interval, start: int, end: int
+) -> tuple[SeriesReport, list[Range]]:
+    report = SeriesReport(symbol, interval, start, end)
+    if end <= start:
+        return report, []
+    missing = store.missing_ranges(symbol, interval, start, end)
+    todo = subtract(missing, store.exchange_gaps(symbol, interval, start, end))
+    report.planned = sum(interval.count(lo, hi) for lo, hi in todo)
+    known_missing = sum(interval.count(lo, hi) for lo, hi in missing)
+    report.already_stored = max(0, interval.count(start, end) - known_missing) if interval.is_anchored else 0
+    return report, todo
+
+
+def backfill(
+    runtime: Runtime,
+    symbols: Sequence[str],
+    intervals: Sequence[Interval],
+    start: int,
+    end: int,
+    *,
+    progress: ProgressCallback | None = None,
+) -> RunResult:
+    """Fetch every closed candle of ``start <= open_time < end`` that the store does not hold yet."""
+    began = time.monotonic()
+    client, store = runtime.client, runtime.store
+    statuses = client.exchange_info(symbols)
+    for symbol, status in statuses.items():
+        if status != "TRADING":
+            log.warning("%s is %s on the exchange: no new candles while it stays so", symbol, status)
+    now = client.now_ms()
+    if start >= now:
+        raise BadInputError(
+            f"--start {format_utc(start / 1000)} is in the future (exchange time {format_utc(now / 1000)})"
+        )
+    result = RunResult()
+    windows: list[Iterator[Window]] = []
+    for symbol in symbols:
+        for interval in intervals:
+            closed_end = min(end, closed_limit(interval, now))
+            report, todo = _plan_series(store, symbol, interval, start, closed_end)
+            result.reports.append(report)
+            windows.append(_plan_windows(interval, todo, report, closed_end))
+    planned = sum(r.planned for r in result.reports)
+    fetch_and_write(
+        client,
+        store,
+        (w for series in windows for w in series),
+        concurrency=runtime.settings.concurrency,
+        progress=progress,
+        planned=planned,
+    )
+    result.seconds = time.monotonic() - began
+    return result
+
+
+def extract(
+    runtime: Runtime,
+    symbols: Sequence[str],
+    intervals: Sequence[Interval],
+    lookback_ms: int,
+) -> RunResult:
+    """The cron run: for each series, every closed candle after the last stored one (or the lookback)."""
+    began = time.monotonic()
+    store = runtime.store
+    with store.run_lock("extract"):
+        client = runtime.client
+        now = client.now_ms()
+        result = RunResult()
+        windows: list[Iterator[Window]] = []
+        for symbol in symbols:
+            for interval in intervals:
+                last = store.last_open_time(symbol, interval)
+                start = interval.next_open(last) if last is not None else interval.ceil(now - lookback_ms)
+                closed_end = closed_limit(interval, now)
+                report = SeriesReport(symbol, interval, start, max(start, closed_end))
+                result.reports.append(report)
+                if start < closed_end:
+                    todo = subtract(
+                        [(start, closed_end)], store.exchange_gaps(symbol, interval, start, closed_end)
+                    )
+                    report.planned = sum(interval.count(lo, hi) for lo, hi in todo)
+                    windows.append(_plan_windows(interval, todo, report, closed_end))
+        fetch_and_write(
+            client, store, (w for series in windows for w in series), concurrency=runtime.settings.concurrency
+        )
+    result.seconds = time.monotonic() - began
+    return result
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A hole in the stored candles: ``exchange`` if the exchange has no rows there, else ``missing``."""
+
+    start: int
+    end: int
+    candles: int
+    kind: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "start": self.start,
+            "end": self.end,
+            "start_utc": format_utc(self.start / 1000),
+            "end_utc": format_utc(self.end / 1000),
+            "candles": self.candles,
+            "kind": self.kind,
+        }
+
+
+def find_gaps(store: KlineStore, symbol: str, interval: Interval, start: int | None, end: int) -> list[Gap]:
+    """Holes in ``[start, end)``; ``start`` defaults to the first stored candle."""
+    if start is None:
+        start = next(iter(store.open_times(symbol, interval, 0, end)), None)
+        if start is None:
+            return []
+    if end <= start:
+        return []
+    missing = store.missing_ranges(symbol, interval, start, end)
+    known = store.exchange_gaps(symbol, interval, start, end)
+    gaps = [Gap(lo, hi, interval.count(lo, hi), "missing") for lo, hi in subtract(missing, known)]
+    gaps += [
+        Gap(lo, hi, interval.count(lo, hi), "exchange")
+        for lo, hi in subtract(missing, subtract(missing, known))
+    ]
+    return sorted(gaps, key=lambda g: g.start)
+
+
+def gaps(
+    runtime: Runtime, symbol: str, interval: Interval, start: int | None, end: int | None, *, repair: bool
+) -> list[Gap]:
+    """List holes; with ``repair``, fetch the ones never fetched, then list what is left."""
+    store = runtime.store
+    now = runtime.client.now_ms() if repair else int(time.time() * 1000)
+    end = min(end if end is not None else now, closed_limit(interval, now))
+    found = find_gaps(store, symbol, interval, start, end)
+    holes = [(g.start, g.end) for g in found if g.kind == "missing"]
+    if repair and holes:
+        report = SeriesReport(symbol, interval, holes[0][0], end)
+        fetch_and_write(
+            runtime.client,
+            store,
+            _plan_windows(interval, holes, report, end),
+            concurrency=runtime.settings.concurrency,
+        )
+        found = find_gaps(store, symbol, interval, start, end)
+    return found
+
+
+# ---------------------------------------------------------------------------------------------- check
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One line of ``check``: ``ok``, ``warn`` or ``fail``, what was checked, and what was seen."""
+
+    status: str
+    name: str
+    detail: str
+    error: ExtractorError | None = None
+
+    def line(self) -> str:
+        return f"{self.status:<4} {self.name:<9} {self.detail}"
+
+
+def check(runtime: Runtime, symbols: Sequence[str]) -> list[CheckResult]:
+    """The CI smoke check: exchange reachable, clock skew, symbols tradable, database writable."""
+    results: list[CheckResult] = []
+
+    def attempt(name: str, probe: Callable[[], CheckResult]) -> None:
+        try:
+            results.append(probe())
+        except ExtractorError as exc:
+            results.append(CheckResult("fail", name, str(exc), exc))
+
+    client = runtime.client
+
+    def ping() -> CheckResult:
+        seconds = client.ping()
+        return CheckResult(
+            "ok", "exchange", f"{runtime.settings.base_url} answered ping in {seconds * 1000:.0f} ms"
+        )
+
+    def clock() -> CheckResult:
+        client.server_time()
+        skew = client.clock_skew_ms()
+        if abs(skew) > 1000:
+            return CheckResult(
+                "warn", "clock", f"local clock is {skew / 1000:+.1f} s off the exchange's; sync it (NTP)"
+            )
+        return CheckResult("ok", "clock", f"skew {skew:+d} ms")
+
+    def tradable() -> CheckResult:
+        if not symbols:
+            return CheckResult("ok", "symbols", "none configured (-s / EXTRACTOR_SYMBOLS); skipped")
+        statuses = client.exchange_info(symbols)
+        text = ", ".join(f"{s} {st}" for s, st in statuses.items())
+        return CheckResult(
+            "ok" if all(st == "TRADING" for st in statuses.values()) else "warn", "symbols", text
+        )
+
+    def database() -> CheckResult:
+        store = runtime.store
+        store.check_writable()
+        return CheckResult("ok", "database", f"{store.url} writable (probe rolled back)")
+
+    attempt("exchange", ping)
+    if results[-1].status != "fail":
+        attempt("clock", clock)
+        attempt("symbols", tradable)
+    attempt("database", database)
+    return results
+
+
+def check_exit_code(results: Sequence[CheckResult]) -> int:
+    """0 when nothing failed; 2 when a failure is bad input; else 75."""
+    failures = [r.error for r in results if r.status == "fail"]
+    if not failures:
+        return 0
+    if any(isinstance(e, BadInputError) for e in failures):
+        return 2
+    if all(isinstance(e, TemporaryError) for e in failures):
+        return 75
+    return 1
+
+
+# ---------------------------------------------------------------------------------------------- breakers
+
+
+def breaker_states(runtime: Runtime) -> list[dict[str, object]]:
+    """State of the api and db breakers as their state files hold it, for ``breakers status``."""
+    states = []
+    for breaker in (runtime.api_breaker, runtime.db_breaker):
+        info = dict(breaker.get_state_info())
+        info["name"] = breaker.name
+        info["state"] = str(breaker.state.value)
+        info["seconds_until_trial"] = round(breaker.seconds_until_trial(), 1)
+        states.append(info)
+    return states
+
+
+def reset_breakers(runtime: Runtime) -> None:
+    runtime.api_breaker.reset()
+    runtime.db_breaker.reset()
