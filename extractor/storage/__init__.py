@@ -12,7 +12,6 @@ import json
 import os
 import re
 import socket
-import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -345,23 +344,3 @@ def describe_holder(recorded: bytes | Mapping[str, Any] | None) -> str:
     if isinstance(since, datetime):
         since = since.timestamp()
     return f"{text}, since {format_utc(since)}" if isinstance(since, int | float) else text
-
-
-class ProcessLocks:
-    """Named non-blocking locks inside one process (the run lock of an in-memory database)."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._since: dict[str, float] = {}
-
-    def acquire(self, name: str) -> float | None:
-        """Take ``name``; returns None on success, else when the holder took it."""
-        with self._guard:
-            if name in self._since:
-                return self._since[name]
-            self._since[name] = time.time()
-            return None
-
-    def release(self, name: str) -> None:
-        with self._guard:
-            self._since.pop(name, None)

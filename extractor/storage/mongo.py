@@ -39,6 +39,7 @@ from extractor.intervals import Interval
 from extractor.klines import DECIMAL_FIELDS, FIELDS, Kline, plain
 from extractor.storage import KlineStore, describe_holder, mask_url
 from extractor.storage.telemetry import BreakerEvent, BreakerOperation, TelemetrySink
+from utils.circuit_breaker import CircuitBreaker
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -110,7 +111,9 @@ class MongoKlineStore(KlineStore):
     lease_seconds = 60.0
     renew_every = 20.0
 
-    def __init__(self, url: str, breaker: Any, client: MongoClient[dict[str, Any]], database: str, mode: str):
+    def __init__(
+        self, url: str, breaker: CircuitBreaker, client: MongoClient[dict[str, Any]], database: str, mode: str
+    ):
         super().__init__(url, breaker)
         self._client = client
         self._secret = urlsplit(url).password
@@ -123,7 +126,7 @@ class MongoKlineStore(KlineStore):
         self._locks: Collection[dict[str, Any]] = db["run_locks"]
 
     @classmethod
-    def connect(cls, url: str, breaker: Any) -> MongoKlineStore:
+    def connect(cls, url: str, breaker: CircuitBreaker) -> MongoKlineStore:
         client_url, database, mode = split_url(url)
         given = {option.partition("=")[0].lower() for option in urlsplit(client_url).query.split("&")}
         defaults: dict[str, Any] = {

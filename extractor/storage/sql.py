@@ -54,8 +54,9 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 from extractor.errors import BadInputError, ExtractorError, StorageError, StorageUnavailable, format_utc
 from extractor.intervals import Interval
 from extractor.klines import DECIMAL_FIELDS, FIELDS, Kline, plain, validate_symbol
-from extractor.storage import KlineStore, ProcessLocks, describe_holder, this_holder
+from extractor.storage import KlineStore, describe_holder, this_holder
 from extractor.storage.telemetry import BreakerEvent, BreakerOperation, TelemetrySink
+from utils.circuit_breaker import CircuitBreaker
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -64,7 +65,7 @@ _WIDE = Context(prec=80)
 _EIGHT_PLACES = Decimal("0.00000001")
 _RETRYABLE_MYSQL = {1205, 1213}  # lock wait timeout, deadlock: the transaction is simply run again
 _REFUSED_MYSQL = {1044, 1045, 1049}  # access denied, unknown database: the URL is wrong
-_SQLITE_UNAVAILABLE = ("locked", "busy", "disk", "unable to open", "i/o", "readonly")
+_SQLITE_UNAVAILABLE = ("locked", "busy", "disk", "unable to open", "i/o")
 _TRANSACTION_ATTEMPTS = 3
 
 
@@ -167,7 +168,7 @@ _g = exchange_gaps_table.c
 class SqlKlineStore(KlineStore):
     """A KlineStore on SQLite (file or ``:memory:``) or MySQL/MariaDB via PyMySQL."""
 
-    def __init__(self, url: str, breaker: Any, engine: Engine, secret: str | None) -> None:
+    def __init__(self, url: str, breaker: CircuitBreaker, engine: Engine, secret: str | None) -> None:
         super().__init__(url, breaker)
         self._engine = engine
         self._writer = engine.execution_options(sqlite_write=True)
@@ -184,7 +185,7 @@ class SqlKlineStore(KlineStore):
         self._upsert_sql = self._compile_upsert()
 
     @classmethod
-    def connect(cls, url: str, breaker: Any) -> SqlKlineStore:
+    def connect(cls, url: str, breaker: CircuitBreaker) -> SqlKlineStore:
         sa_url = _parse(url)
         engine = _sqlite_engine(sa_url) if sa_url.get_backend_name() == "sqlite" else _mysql_engine(sa_url)
         store = cls(url, breaker, engine, sa_url.password)
@@ -490,6 +491,26 @@ class SqlKlineStore(KlineStore):
         if lost:
             return StorageUnavailable(f"the database at {self.url} is unavailable: {reason}")
         return StorageError(f"the database at {self.url} refused the operation: {reason}")
+
+
+class ProcessLocks:
+    """Named non-blocking locks inside one process (the run lock of an in-memory database)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._since: dict[str, float] = {}
+
+    def acquire(self, name: str) -> float | None:
+        """Take ``name``; returns None on success, else when the holder took it."""
+        with self._guard:
+            if name in self._since:
+                return self._since[name]
+            self._since[name] = time.time()
+            return None
+
+    def release(self, name: str) -> None:
+        with self._guard:
+            self._since.pop(name, None)
 
 
 def _parse(url: str) -> URL:
