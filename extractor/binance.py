@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import random
+import re
 import tempfile
 import threading
 import time
@@ -411,6 +412,10 @@ class BinanceClient:
             raise BadInputError(f"bad exchange URL {self.base_url!r}: {exc}") from exc
         except requests.Timeout as exc:
             raise ExchangeUnavailable(f"{path}: timed out ({type(exc).__name__})") from exc
+        except requests.ConnectionError as exc:
+            raise ExchangeUnavailable(
+                f"{path}: cannot reach {self.base_url} ({_socket_reason(exc)})"
+            ) from exc
         except requests.RequestException as exc:
             raise ExchangeUnavailable(f"{path}: {type(exc).__name__}: {exc}") from exc
         finally:
@@ -477,6 +482,16 @@ class BinanceClient:
                 if type(until) is int:
                     self._banned_until_ms = max(self._banned_until_ms, until)
         return self._banned_until_ms
+
+
+def _socket_reason(exc: requests.ConnectionError) -> str:
+    """The operating system's words for a failed connection ("Connection refused"), not urllib3's wrapping."""
+    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(exc))
+    if found:
+        return found.group(1).strip()
+    if "RemoteDisconnected" in str(exc) or "Connection aborted" in str(exc):
+        return "connection closed without an answer"
+    return type(exc).__name__
 
 
 def _expect_object(body: Any) -> dict[str, Any]:
