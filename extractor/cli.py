@@ -210,12 +210,12 @@ def backfill(
     now = _now_ms()
     start_ms = parse_when(start, now_ms=now, what="--start")
     end_ms = parse_when(end, now_ms=now, what="--end") if end is not None else now
+    if start_ms >= now:
+        raise BadInputError(f"--start {format_utc(start_ms / 1000)} is in the future")
     if start_ms >= end_ms:
         raise BadInputError(
             f"--start {format_utc(start_ms / 1000)} is not before --end {format_utc(end_ms / 1000)}"
         )
-    if start_ms >= now:
-        raise BadInputError(f"--start {format_utc(start_ms / 1000)} is in the future")
 
     from extractor import pipeline
 

@@ -157,6 +157,11 @@ def _read_config(path: str) -> dict[str, Any]:
     return data
 
 
+def _default(value: Any, default: Any) -> Any:
+    """``default`` only when nothing was given: 0 is a value to validate, not a missing one."""
+    return default if value is None or value == "" else value
+
+
 def _pick(flag: Any, env_name: str, environ: Mapping[str, str], config: Mapping[str, Any], key: str) -> Any:
     if flag is not None and flag != ():
         return flag
@@ -214,7 +219,7 @@ def load_settings(
         level = str(get(None, "LOG_LEVEL", "log_level") or "WARNING").upper()
         if level not in LOG_LEVELS:
             raise BadInputError(f"invalid LOG_LEVEL {level!r}: use one of {', '.join(LOG_LEVELS)}")
-    lookback_text = get(lookback, "EXTRACTOR_LOOKBACK", "lookback") or DEFAULT_LOOKBACK
+    lookback_text = _default(get(lookback, "EXTRACTOR_LOOKBACK", "lookback"), DEFAULT_LOOKBACK)
     state_dir = get(None, "EXTRACTOR_STATE_DIR", "state_dir")
     breaker_environ = {k: v for k, v in environ.items() if k.startswith("CIRCUIT_BREAKER_")}
     db = str(get(db_url, "DATABASE_URL", "database") or DEFAULT_DB_URL)
@@ -228,9 +233,9 @@ def load_settings(
         base_url=base,
         symbols=parse_symbols(get(symbols, "EXTRACTOR_SYMBOLS", "symbols")),
         intervals=parse_intervals(get(intervals, "EXTRACTOR_INTERVALS", "intervals")),
-        lookback_ms=parse_duration(str(lookback_text), what="lookback"),
+        lookback_ms=parse_duration(str(lookback_text), what="--lookback/EXTRACTOR_LOOKBACK"),
         concurrency=_positive_int(
-            get(concurrency, "EXTRACTOR_CONCURRENCY", "concurrency") or DEFAULT_CONCURRENCY,
+            _default(get(concurrency, "EXTRACTOR_CONCURRENCY", "concurrency"), DEFAULT_CONCURRENCY),
             "concurrency (--concurrency / EXTRACTOR_CONCURRENCY)",
         ),
         state_dir=Path(state_dir).expanduser() if state_dir else default_state_dir(environ),
@@ -238,13 +243,21 @@ def load_settings(
         log_level=level,
         api_key=environ.get("BINANCE_API_KEY") or None,
         read_timeout=_seconds(
-            get(None, "EXTRACTOR_TIMEOUT", "timeout") or 10.0, "read timeout (EXTRACTOR_TIMEOUT)", 0.05, 300
+            _default(get(None, "EXTRACTOR_TIMEOUT", "timeout"), 10.0),
+            "read timeout (EXTRACTOR_TIMEOUT)",
+            0.05,
+            300,
         ),
         max_attempts=int(
-            _seconds(get(None, "EXTRACTOR_ATTEMPTS", "attempts") or 5, "attempts (EXTRACTOR_ATTEMPTS)", 1, 50)
+            _seconds(
+                _default(get(None, "EXTRACTOR_ATTEMPTS", "attempts"), 5),
+                "attempts (EXTRACTOR_ATTEMPTS)",
+                1,
+                50,
+            )
         ),
         backoff_base=_seconds(
-            get(None, "EXTRACTOR_BACKOFF", "backoff") or 0.5, "backoff (EXTRACTOR_BACKOFF)", 0, 60
+            _default(get(None, "EXTRACTOR_BACKOFF", "backoff"), 0.5), "backoff (EXTRACTOR_BACKOFF)", 0, 60
         ),
         breaker_environ=breaker_environ,
     )
