@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from extractor.binance import BinanceClient
 from extractor.errors import (
@@ -34,11 +33,10 @@ from extractor.storage import KlineStore, mask_url, open_store
 from utils.circuit_breaker import (
     CircuitBreaker,
     CircuitBreakerConfigError,
+    CircuitBreakerListener,
+    CircuitState,
     JsonFileStateStore,
 )
-
-if TYPE_CHECKING:
-    from utils.circuit_breaker import CircuitBreakerListener
 
 log = logging.getLogger("extractor.pipeline")
 
@@ -48,6 +46,21 @@ ProgressCallback = Callable[[int, int], None]
 
 
 # ---------------------------------------------------------------------------------------------- runtime
+
+
+class _TransitionLog(CircuitBreakerListener):
+    """Every breaker state change as one WARNING line: operators grep for these."""
+
+    def state_change(self, breaker: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
+        wait = breaker.seconds_until_trial()
+        detail = f"after {breaker.failure_count} failures; next trial in {wait:.0f} s"
+        log.warning(
+            "circuit breaker %s: %s -> %s%s",
+            breaker.name,
+            old.value,
+            new.value,
+            f" {detail}" if new is CircuitState.OPEN else "",
+        )
 
 
 class Runtime:
@@ -88,6 +101,7 @@ class Runtime:
                 environ=self.settings.breaker_environ,
                 expected_exception=counted,
                 state_store=JsonFileStateStore(path),
+                listeners=(_TransitionLog(),),
             )
         except CircuitBreakerConfigError as exc:
             raise BadInputError(str(exc)) from exc
