@@ -85,8 +85,8 @@ class WeightBudget:
         minute = server_ms // MINUTE
         if minute != self._minute:
             self._minute = minute
-            self._used = 0
-            self._in_flight = 0
+            # Requests still in flight will most likely be counted by the server in the new minute.
+            self._used = self._in_flight
         return minute, server_ms
 
     @property
@@ -119,9 +119,9 @@ class WeightBudget:
         """Take the server's count for this minute once the request of ``weight`` has an answer."""
         with self._lock:
             minute, _ = self._current_minute()
+            self._in_flight = max(0, self._in_flight - weight)
             if getattr(self._acquired, "minute", None) != minute:
                 return  # sent in a minute that is over; its header says nothing about this one
-            self._in_flight -= weight
             if used_header is None:
                 return
             try:
@@ -335,7 +335,7 @@ class BinanceClient:
             try:
                 page = self._get("/api/v3/klines", params, KLINES_WEIGHT, parse)
             except RequestRejected as exc:
-                if exc.code in SYMBOL_CODES:
+                if exc.code == -1121 or (exc.code == -1100 and "'symbol'" in exc.msg):
                     raise RequestRejected(exc.code, f"{exc.msg.rstrip('.')}: {symbol}", exc.status) from exc
                 if exc.code == -1120:
                     raise RequestRejected(
@@ -359,13 +359,15 @@ class BinanceClient:
         url = self.base_url + path
         failures = 0
         throttled = 0
+        last_error: str | None = None
         while True:
             self.weight_budget.acquire(weight)
             self._refuse_if_banned()
             try:
                 return self.breaker.call(self._attempt, url, path, params, weight, parse)
             except CircuitBreakerError as exc:
-                raise BreakerOpen("api", exc.retry_at, "exchange") from exc
+                subject = f"the exchange at {self.base_url}"
+                raise BreakerOpen("api", exc.retry_at, subject, last_error) from exc
             except _Throttled as exc:
                 throttled += 1
                 if throttled >= MAX_CONSECUTIVE_429:
@@ -380,6 +382,7 @@ class BinanceClient:
             except ExchangeUnavailable as exc:
                 throttled = 0
                 failures += 1
+                last_error = str(exc)
                 if failures >= self.max_attempts:
                     raise ExchangeUnavailable(
                         f"exchange unavailable after {failures} attempts: {exc}; retry in a few minutes"

@@ -100,9 +100,10 @@ class StorageUnavailable(TemporaryError):
 class BreakerOpen(TemporaryError):
     """A circuit breaker is open and refuses calls until ``retry_at`` (epoch seconds)."""
 
-    def __init__(self, breaker: str, retry_at: float, what: str) -> None:
+    def __init__(self, breaker: str, retry_at: float, subject: str, cause: str | None = None) -> None:
+        because = f" (last error: {cause})" if cause else ""
         super().__init__(
-            f"the {breaker} circuit breaker is open after repeated {what} failures; "
+            f"the {breaker} circuit breaker is open after repeated failures of {subject}{because}; "
             f"next trial at {format_utc(retry_at)} — retry after that, or run "
             "`binance-extractor breakers reset` once the cause is fixed"
         )

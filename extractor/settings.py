@@ -21,7 +21,7 @@ from extractor.klines import validate_symbol
 DEFAULT_DB_URL = "sqlite:///klines.db"
 DEFAULT_BASE_URL = "https://api.binance.com"
 DEFAULT_LOOKBACK = "1d"
-DEFAULT_CONCURRENCY = 8
+DEFAULT_CONCURRENCY = 32
 MAX_CONCURRENCY = 64
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -30,6 +30,7 @@ _DURATION = re.compile(r"([0-9]{1,9})([smhdw])")
 _DURATION_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 _EPOCH_MS = re.compile(r"[0-9]{10,15}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LAST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant datetime can show
 _CONFIG_KEYS = {
     "database",
     "base_url",
@@ -64,9 +65,9 @@ def parse_when(text: str, *, now_ms: int, what: str = "time") -> int:
     if value == "now":
         return now_ms
     if _EPOCH_MS.fullmatch(value):
-        return int(value)
+        return _in_range(int(value), text, what)
     if _DURATION.fullmatch(value):
-        return now_ms - parse_duration(value, what=what)
+        return _in_range(now_ms - parse_duration(value, what=what), text, what)
     try:
         moment = datetime.fromisoformat(value.replace("z", "Z"))
     except ValueError:
@@ -76,9 +77,14 @@ def parse_when(text: str, *, now_ms: int, what: str = "time") -> int:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    epoch_ms = (moment - _EPOCH) // timedelta(milliseconds=1)
+    return _in_range((moment - _EPOCH) // timedelta(milliseconds=1), text, what)
+
+
+def _in_range(epoch_ms: int, text: str, what: str) -> int:
     if epoch_ms < 0:
         raise BadInputError(f"invalid {what} {text!r}: before 1970-01-01")
+    if epoch_ms > _LAST_MS:
+        raise BadInputError(f"invalid {what} {text!r}: after 9999-12-31")
     return epoch_ms
 
 
@@ -124,7 +130,7 @@ class Settings:
     log_level: str = "WARNING"
     api_key: str | None = None
     read_timeout: float = 10.0
-    max_attempts: int = 5
+    max_attempts: int = 10
     backoff_base: float = 0.5
     breaker_environ: Mapping[str, str] = field(default_factory=dict)
 
@@ -250,7 +256,7 @@ def load_settings(
         ),
         max_attempts=int(
             _seconds(
-                _default(get(None, "EXTRACTOR_ATTEMPTS", "attempts"), 5),
+                _default(get(None, "EXTRACTOR_ATTEMPTS", "attempts"), 10),
                 "attempts (EXTRACTOR_ATTEMPTS)",
                 1,
                 50,

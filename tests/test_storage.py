@@ -362,30 +362,29 @@ def test_check_writable_leaves_no_probe_behind(store: KlineStore) -> None:
 # ---------------------------------------------------------------------------------------------- breaker
 
 
-def test_a_closed_port_opens_the_breaker_and_errors_hide_the_password() -> None:
-    breaker = db_breaker(threshold=2)
+def test_a_closed_port_is_tried_three_times_then_opens_the_breaker_and_errors_hide_the_password() -> None:
+    breaker = db_breaker(threshold=4)
+    sleeps: list[float] = []
     url = "mysql+pymysql://root:s3cr3t@127.0.0.1:1/test"
-    for _ in range(2):
-        with pytest.raises(StorageUnavailable) as failed:
-            open_store(url, breaker=breaker)
-        assert "127.0.0.1" in str(failed.value) and "s3cr3t" not in str(failed.value)
-        assert "root:***@127.0.0.1:1/test" in str(failed.value)
+    with pytest.raises(StorageUnavailable) as failed:
+        open_store(url, breaker=breaker, sleep=sleeps.append)
+    assert sleeps == [0.25, 1.0] and breaker.failure_count == 3
+    assert "root:***@127.0.0.1:1/test" in str(failed.value) and "s3cr3t" not in str(failed.value)
 
-    with pytest.raises(BreakerOpen, match="db circuit breaker is open"):
-        open_store(url, breaker=breaker)
+    with pytest.raises(BreakerOpen, match="db circuit breaker is open") as opened:
+        open_store(url, breaker=breaker, sleep=sleeps.append)
+    assert breaker.failure_count == 4 and breaker.state == CircuitState.OPEN
+    assert "root:***@127.0.0.1:1/test" in str(opened.value) and "s3cr3t" not in str(opened.value)
 
 
 @pytest.mark.mongo
 def test_a_mongodb_port_with_no_server_opens_the_breaker() -> None:
     breaker = db_breaker(threshold=2)
     url = f"mongodb://root:s3cr3t@127.0.0.1:{free_port()}/klines?decimals=string&serverSelectionTimeoutMS=200"
-    for _ in range(2):
-        with pytest.raises(StorageUnavailable) as failed:
-            open_store(url, breaker=breaker)
-        assert "127.0.0.1" in str(failed.value) and "s3cr3t" not in str(failed.value)
-
-    with pytest.raises(BreakerOpen):
-        open_store(url, breaker=breaker)
+    with pytest.raises(BreakerOpen) as opened:
+        open_store(url, breaker=breaker, sleep=lambda seconds: None)
+    assert "127.0.0.1" in str(opened.value) and "s3cr3t" not in str(opened.value)
+    assert breaker.failure_count == 2
 
 
 def _through(proxy: TcpProxy, url: str) -> str:
@@ -408,14 +407,17 @@ def test_a_lost_server_opens_the_breaker_and_recovery_closes_it(
     if service == "mongo":
         url += "&serverSelectionTimeoutMS=1000"  # above pymongo's 0.5 s re-check of a failed server
     clock = FakeClock()
-    with open_store(_through(proxy, url), breaker=db_breaker(clock, threshold=2)) as store:
+    breaker = db_breaker(clock, threshold=4)
+    with open_store(_through(proxy, url), breaker=breaker, sleep=lambda seconds: None) as store:
         store.write(series(T0, 10))
 
         proxy.refuse(True)
         proxy.drop_connections()
-        for _ in range(2):
-            with pytest.raises(StorageUnavailable, match=f"the database at .*{proxy.port}.* is unavailable"):
-                store.write(series(T0 + 10 * MINUTE, 10))
+        with pytest.raises(StorageUnavailable, match=f"the database at .*{proxy.port}.* is unavailable"):
+            store.write(series(T0 + 10 * MINUTE, 10))
+        assert breaker.failure_count == 3
+        with pytest.raises(BreakerOpen):
+            store.write(series(T0 + 10 * MINUTE, 10))
         with pytest.raises(BreakerOpen):
             store.count("BTCUSDT", M1, T0, T0 + DAY)
         assert store.breaker.state == CircuitState.OPEN
@@ -476,15 +478,16 @@ def test_monitoring_queries_run_verbatim_on_mariadb(
 ) -> None:
     proxy = tcp_proxy_factory("127.0.0.1", int(fresh_mysql_url.split("@")[-1].split("/")[0].split(":")[1]))
     clock = FakeClock()
-    store = open_store(_through(proxy, fresh_mysql_url), breaker=db_breaker(clock, threshold=2))
+    store = open_store(
+        _through(proxy, fresh_mysql_url), breaker=db_breaker(clock, threshold=2), sleep=lambda seconds: None
+    )
     store.breaker.add_listener(store.telemetry())
     for minute in range(0, 40, 10):
         store.write(series(T0 + minute * MINUTE, 10))
     proxy.refuse(True)
     proxy.drop_connections()
-    for _ in range(2):
-        with pytest.raises(StorageUnavailable):
-            store.write(series(T0, 1))
+    with pytest.raises(BreakerOpen):
+        store.write(series(T0, 1))  # two tries fail and open the breaker; the third is refused
     proxy.refuse(False)
     clock.advance(61)
     store.write(series(T0, 1))

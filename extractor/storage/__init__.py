@@ -30,6 +30,7 @@ from utils.circuit_breaker import (
     CircuitBreakerConfigError,
     CircuitBreakerError,
     CircuitBreakerListener,
+    CircuitState,
 )
 
 __all__ = ["SUPPORTED_SCHEMES", "KlineStore", "mask_url", "open_store"]
@@ -57,10 +58,13 @@ def mask_url(url: str) -> str:
     return f"{scheme}://{user}:***@{hosts}{slash}{tail}"
 
 
-def open_store(url: str, *, breaker: CircuitBreaker | None = None) -> KlineStore:
+def open_store(
+    url: str, *, breaker: CircuitBreaker | None = None, sleep: Callable[[float], None] = time.sleep
+) -> KlineStore:
     """Connect to the database named by ``url`` and create its tables or collections if missing.
 
-    ``breaker`` defaults to ``CircuitBreaker.from_env("db")`` counting ``StorageUnavailable``.
+    ``breaker`` defaults to ``CircuitBreaker.from_env("db")`` counting ``StorageUnavailable``; ``sleep``
+    waits between tries of a round trip that found the server unavailable.
     """
     scheme = urlsplit(url).scheme.lower() if "://" in url else ""
     if scheme not in SUPPORTED_SCHEMES:
@@ -77,10 +81,10 @@ def open_store(url: str, *, breaker: CircuitBreaker | None = None) -> KlineStore
     if scheme.startswith("mongodb"):
         from extractor.storage.mongo import MongoKlineStore
 
-        return MongoKlineStore.connect(url, breaker)
+        return MongoKlineStore.connect(url, breaker, sleep)
     from extractor.storage.sql import SqlKlineStore
 
-    return SqlKlineStore.connect(url, breaker)
+    return SqlKlineStore.connect(url, breaker, sleep)
 
 
 class KlineStore(ABC):
@@ -92,10 +96,17 @@ class KlineStore(ABC):
 
     url: str
     breaker: CircuitBreaker
+    attempts: int = 3
+    """Tries per round trip when the server is unavailable; each try is one breaker call."""
+    retry_delays: tuple[float, ...] = (0.25, 1.0)
+    """Seconds to wait before the second and later tries."""
 
-    def __init__(self, url: str, breaker: CircuitBreaker) -> None:
+    def __init__(
+        self, url: str, breaker: CircuitBreaker, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
         self.url = mask_url(url)
         self.breaker = breaker
+        self.sleep = sleep
         self._telemetry = TelemetryListener(self._telemetry_sink(), where=self.url)
         self._closed = False
 
@@ -202,7 +213,8 @@ class KlineStore(ABC):
             return
         self._closed = True
         try:
-            self._telemetry.flush(final=True)
+            if self.breaker.state is not CircuitState.OPEN:  # a server known to be down would only time out
+                self._telemetry.flush(final=True)
         finally:
             self._dispose()
 
@@ -275,10 +287,21 @@ class KlineStore(ABC):
         def attempt() -> T:
             return self._translated(func, *args, **kwargs)
 
-        try:
-            return self.breaker.call(attempt)
-        except CircuitBreakerError as exc:
-            raise BreakerOpen(exc.breaker_name, exc.retry_at, "database") from exc
+        tries = 1
+        last_error: str | None = None
+        while True:
+            try:
+                return self.breaker.call(attempt)
+            except CircuitBreakerError as exc:
+                subject = f"the database at {self.url}"
+                raise BreakerOpen(exc.breaker_name, exc.retry_at, subject, last_error) from exc
+            except StorageUnavailable as exc:
+                # Every round trip is a whole transaction or a read, so running it again is safe.
+                last_error = str(exc)
+                if tries >= self.attempts:
+                    raise
+                self.sleep(self.retry_delays[min(tries, len(self.retry_delays)) - 1])
+                tries += 1
 
     def _grid(self, symbol: str, interval: Interval, start: int, end: int) -> Iterator[int] | None:
         """The open times expected in ``[start, end)``, or None when a 3d series has no phase yet."""

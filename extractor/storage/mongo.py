@@ -126,7 +126,7 @@ class MongoKlineStore(KlineStore):
         self._locks: Collection[dict[str, Any]] = db["run_locks"]
 
     @classmethod
-    def connect(cls, url: str, breaker: CircuitBreaker) -> MongoKlineStore:
+    def connect(cls, url: str, breaker: CircuitBreaker, sleep: Callable[[float], None]) -> MongoKlineStore:
         client_url, database, mode = split_url(url)
         given = {option.partition("=")[0].lower() for option in urlsplit(client_url).query.split("&")}
         defaults: dict[str, Any] = {
@@ -140,6 +140,7 @@ class MongoKlineStore(KlineStore):
             raise BadInputError(f"unusable MongoDB URL {mask_url(url)}: {exc}") from exc
         try:
             store = cls(url, breaker, client, database, mode)
+            store.sleep = sleep
             store._guard(store._create_indexes)
         except BaseException:
             client.close()
