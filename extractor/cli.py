@@ -5,6 +5,7 @@ Heavy modules (requests, SQLAlchemy, drivers) are imported only inside commands,
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -187,7 +188,8 @@ class _ProgressLine:
     "--concurrency",
     type=int,
     metavar="N",
-    help="Requests in flight at once (1-64). [env EXTRACTOR_CONCURRENCY; default 8]",
+    help="Most requests in flight at once (1-64); fewer while the exchange answers fast. "
+    "[env EXTRACTOR_CONCURRENCY; default 32]",
 )
 @click.option(
     "--progress/--no-progress",
@@ -248,6 +250,11 @@ def extract(
     """The cron run: fetch what is new since the last stored candle, then stop. Quiet on success."""
     settings = _settings(ctx, symbols=symbols, intervals=intervals, lookback=lookback)
     _require_series(settings)
+    if settings.lookback_ms > _now_ms():
+        raise BadInputError(
+            f"invalid --lookback/EXTRACTOR_LOOKBACK: {settings.lookback_ms // 86_400_000:,} days "
+            "reaches before 1970"
+        )
     from extractor import pipeline
 
     result = pipeline.extract(
@@ -353,4 +360,10 @@ def check(ctx: click.Context) -> None:
 
 
 def main() -> None:
-    cli(prog_name="binance-extractor")
+    # A backfill allocates millions of short-lived, acyclic rows: the default cycle collection every 700
+    # allocations spent a tenth of the run re-scanning them, and the one at exit another 50 ms on SQLAlchemy.
+    gc.set_threshold(10_000, 10, 10)
+    try:
+        cli(prog_name="binance-extractor")
+    finally:
+        gc.freeze()

@@ -13,11 +13,11 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from extractor.binance import BinanceClient
+from extractor.binance import KLINES_WEIGHT, BinanceClient, WeightBudget
 from extractor.errors import (
     BadInputError,
     ExchangeUnavailable,
@@ -48,6 +48,11 @@ ProgressCallback = Callable[[int, int], None]
 # ---------------------------------------------------------------------------------------------- runtime
 
 
+API_FAILURE_THRESHOLD = 10
+DB_FAILURE_THRESHOLD = 5
+"""Defaults when no CIRCUIT_BREAKER_[API_|DB_]FAILURE_THRESHOLD is set."""
+
+
 class _TransitionLog(CircuitBreakerListener):
     """Every breaker state change as one WARNING line: operators grep for these."""
 
@@ -75,8 +80,12 @@ class Runtime:
                 f"state directory {settings.state_dir} cannot be created ({exc.strerror}); "
                 "set EXTRACTOR_STATE_DIR to a writable directory"
             ) from exc
-        self.api_breaker = self._breaker("api", ExchangeUnavailable, self.api_state_file)
-        self.db_breaker = self._breaker("db", StorageUnavailable, self.db_state_file)
+        # A flapping exchange (a third of answers failing) must not open the api breaker by chance runs
+        # of failures across concurrent requests; a dead one still opens it within a second or two.
+        self.api_breaker = self._breaker(
+            "api", ExchangeUnavailable, self.api_state_file, API_FAILURE_THRESHOLD
+        )
+        self.db_breaker = self._breaker("db", StorageUnavailable, self.db_state_file, DB_FAILURE_THRESHOLD)
         self._client: BinanceClient | None = None
         self._store: KlineStore | None = None
 
@@ -94,11 +103,12 @@ class Runtime:
     def ban_file(self) -> Path:
         return self.settings.state_dir / "ip-ban.json"
 
-    def _breaker(self, name: str, counted: type[Exception], path: Path) -> CircuitBreaker:
+    def _breaker(self, name: str, counted: type[Exception], path: Path, threshold: int) -> CircuitBreaker:
         try:
             return CircuitBreaker.from_env(
                 name,
                 environ=self.settings.breaker_environ,
+                failure_threshold=threshold,
                 expected_exception=counted,
                 state_store=JsonFileStateStore(path),
                 listeners=(_TransitionLog(),),
@@ -259,6 +269,31 @@ def _plan_windows(
             yield Window(report, start, end, min(end, closed_end))
 
 
+IDLE_WAIT_SECONDS = 0.002
+
+
+class InFlightLimit:
+    """How many windows to have requested but not yet written: enough to hide the exchange's latency.
+
+    It grows while the writer waits for the next window with the process idle, which means the answers
+    are slow to come rather than slow to parse or write; never past ``ceiling`` nor the weight left in the
+    budget's minute. On a fast link it stays small, so the fetch threads neither crowd the writer off the
+    GIL nor park parsed windows (about 1 MB each) in memory.
+    """
+
+    def __init__(self, ceiling: int, budget: WeightBudget, start: int = 8) -> None:
+        self.ceiling = max(1, ceiling)
+        self.value = min(start, self.ceiling)
+        self._budget = budget
+
+    def waited(self, seconds: float, cpu_seconds: float) -> None:
+        """The writer waited ``seconds`` for a window while the whole process used ``cpu_seconds``."""
+        if seconds < IDLE_WAIT_SECONDS or cpu_seconds > seconds / 2:
+            return
+        affordable = (self._budget.limit - self._budget.used) // KLINES_WEIGHT
+        self.value = max(self.value, min(self.ceiling, affordable, self.value + (self.value + 1) // 2))
+
+
 def fetch_and_write(
     client: BinanceClient,
     store: KlineStore,
@@ -268,14 +303,15 @@ def fetch_and_write(
     progress: ProgressCallback | None = None,
     planned: int = 0,
 ) -> None:
-    """Fetch windows with ``concurrency`` requests in flight; write each, in plan order, as it arrives."""
+    """Fetch windows, up to ``concurrency`` requests in flight; write each, in plan order, as it arrives."""
     pending: deque[tuple[Window, Future[list[Kline]]]] = deque()
     planned_windows = iter(windows)
+    limit = InFlightLimit(concurrency, client.weight_budget)
     done = 0
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fetch")
 
     def refill() -> None:
-        while len(pending) < 2 * concurrency:
+        while len(pending) < limit.value:
             window = next(planned_windows, None)
             if window is None:
                 return
@@ -288,6 +324,10 @@ def fetch_and_write(
         refill()
         while pending:
             window, future = pending.popleft()
+            if not future.done():
+                began, cpu_began = time.monotonic(), time.process_time()
+                wait((future,))
+                limit.waited(time.monotonic() - began, time.process_time() - cpu_began)
             klines = future.result()
             refill()
             report = window.report

@@ -97,6 +97,14 @@ DEFAULT_SYMBOLS: dict[str, SymbolSpec] = {
 }
 """BTCUSDT's outage is 2023-03-24 12:40-14:00 UTC; SHIB has 0.00000001-sized prices, PEPE 22-digit volumes."""
 
+STATS_PATH = "/fake/stats"
+"""Not Binance's: what the fake served, for benchmarks that run it in its own process."""
+
+
+def synthetic_symbols(count: int) -> dict[str, SymbolSpec]:
+    """``count`` more TRADING symbols, ``SYN000USDT`` on, listed 2020-01-01: many series for benchmarks."""
+    return {f"SYN{n:03d}USDT": SymbolSpec(1577836800000) for n in range(count)}
+
 
 @dataclass
 class Faults:
@@ -521,8 +529,22 @@ class FakeExchange:
         retry = ("Retry-After", str(math.ceil(until - now)))
         return _binance_error(418, -1003, msg, _weight_headers(self._weight_used, retry))
 
+    def stats(self, *, with_log: bool = False) -> dict[str, Any]:
+        """Requests per path and answers per status since start; ``with_log`` adds [at, path, status] each."""
+        with self._lock:
+            served = [(at, path, status) for at, path, _, status in self.requests if path != STATS_PATH]
+            counts = {path: n for path, n in self.request_counts.items() if path != STATS_PATH}
+        statuses = collections.Counter(str(status) for _, _, status in served)
+        stats: dict[str, Any] = {"requests": counts, "statuses": dict(statuses)}
+        if with_log:
+            stats["log"] = served
+        return stats
+
     def _answer(self, path: str, params: dict[str, str]) -> tuple[_Reply, bool]:
         """The reply to one GET, and whether a truncation fault cuts its body."""
+        if path == STATS_PATH:
+            body = json.dumps(self.stats(with_log=params.get("log") == "1"), separators=(",", ":"))
+            return _Reply(200, body.encode()), False
         with self._lock:
             self.request_counts[path] += 1
         truncate = False
@@ -742,8 +764,16 @@ def main() -> None:
     """``python -m tests.fake_exchange``: serve on its own process (and core) until interrupted."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--weight-limit", type=int, default=6000)
+    parser.add_argument(
+        "--latency", type=float, default=0.0, metavar="SECONDS", help="delay of each klines answer"
+    )
+    parser.add_argument(
+        "--extra-symbols", type=int, default=0, metavar="N", help="serve N synthetic symbols more"
+    )
     args = parser.parse_args()
-    with FakeExchange(weight_limit=args.weight_limit) as exchange:
+    symbols = {**DEFAULT_SYMBOLS, **synthetic_symbols(args.extra_symbols)}
+    with FakeExchange(weight_limit=args.weight_limit, symbols=symbols) as exchange:
+        exchange.faults.latency = args.latency
         print(exchange.url, flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
