@@ -275,9 +275,9 @@ IDLE_WAIT_SECONDS = 0.002
 class InFlightLimit:
     """How many windows to have requested but not yet written: enough to hide the exchange's latency.
 
-    It grows while the writer waits for the next window with the process idle, which means the answers
-    are slow to come rather than slow to parse or write; never past ``ceiling`` nor the weight left in the
-    budget's minute. On a fast link it stays small, so the fetch threads neither crowd the writer off the
+    It grows while the writer waits for the next window with the process mostly idle (the answers are
+    slow to come, not slow to parse or write), never past ``ceiling`` nor the weight left in the budget's
+    minute. On a fast link it stays where it starts, so the fetch threads neither crowd the writer off the
     GIL nor park parsed windows (about 1 MB each) in memory.
     """
 
