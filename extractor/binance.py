@@ -236,13 +236,16 @@ class BinanceClient:
     def server_time(self) -> int:
         """The exchange's time in ms; also resynchronises :meth:`now_ms` and the weight minute."""
         server_ms, received_mono, received_wall = self._get("/api/v3/time", None, LIGHT_WEIGHT, self._stamp)
+        self._adopt_server_time(server_ms, received_mono, received_wall)
+        return server_ms
+
+    def _adopt_server_time(self, server_ms: int, received_mono: float, received_wall: float) -> None:
         with self._lock:
             # Stamping at receipt puts our idea of exchange time slightly behind it: a candle we call
             # closed is closed.
             self._offset_ms = server_ms - int(received_mono * 1000)
             self._skew_ms = server_ms - int(received_wall * 1000)
             self._synced = True
-        return server_ms
 
     def _stamp(self, body: Any) -> tuple[int, float, float]:
         received = (self._clock(), self._wall_clock())
@@ -283,7 +286,7 @@ class BinanceClient:
             validate_symbol(symbol)
         params = {"symbols": json.dumps(list(symbols), separators=(",", ":"))}
         try:
-            statuses, weight_limit = self._get(
+            statuses, weight_limit, server_ms = self._get(
                 "/api/v3/exchangeInfo", params, EXCHANGE_INFO_WEIGHT, _parse_exchange_info
             )
         except RequestRejected as exc:
@@ -294,6 +297,8 @@ class BinanceClient:
                 f"unknown symbol{'s' if len(unknown) > 1 else ''} {', '.join(unknown or symbols)}: "
                 f"Binance says {exc.msg} (code {exc.code})"
             ) from exc
+        if server_ms is not None:  # the answer carries the exchange's clock: no /time round trip needed
+            self._adopt_server_time(server_ms, self._clock(), self._wall_clock())
         if weight_limit is not None:
             self.weight_budget.limit = weight_limit
         missing = [symbol for symbol in symbols if symbol not in statuses]
@@ -503,8 +508,8 @@ def _expect_object(body: Any) -> dict[str, Any]:
     return body
 
 
-def _parse_exchange_info(body: Any) -> tuple[dict[str, str], int | None]:
-    """Symbol statuses and the REQUEST_WEIGHT per minute limit of an exchangeInfo answer."""
+def _parse_exchange_info(body: Any) -> tuple[dict[str, str], int | None, int | None]:
+    """Symbol statuses, the REQUEST_WEIGHT per minute limit and the serverTime of an exchangeInfo answer."""
     listed = _expect_object(body).get("symbols")
     if not isinstance(listed, list):
         raise MalformedResponse("/api/v3/exchangeInfo: no symbols list")
@@ -527,7 +532,8 @@ def _parse_exchange_info(body: Any) -> tuple[dict[str, str], int | None]:
             and rule["limit"] > 0
         ):
             weight_limit = rule["limit"]
-    return statuses, weight_limit
+    server_ms = body.get("serverTime")
+    return statuses, weight_limit, server_ms if type(server_ms) is int else None
 
 
 def _write_atomically(path: Path, text: str) -> None:
