@@ -280,7 +280,7 @@ def b3_latency(fast: FakeProcess, work: Path) -> BenchRow:
 
 
 def b4_weight_budget(work: Path) -> BenchRow:
-    """65 windows (130 weight) + exchangeInfo (20) + time (1) under a 100/min limit: one forced wait."""
+    """65 windows (130 weight) + exchangeInfo (20; it sets the clock too) under 100/min: one forced wait."""
     candles = 65_000
     with fake_exchange("--weight-limit", "100") as fake:
         run = extractor(
@@ -297,7 +297,7 @@ def b4_weight_budget(work: Path) -> BenchRow:
             forced += boundary - before
     refused = int(stats["statuses"].get("429", 0)) + int(stats["statuses"].get("418", 0))
     return BenchRow(
-        "B4 weight limit 100/min, 151 weight needed: seconds waited",
+        "B4 weight limit 100/min, 150 weight needed: seconds waited",
         waited,
         "s",
         "<= forced + 1 s, zero 429/418",
