@@ -99,6 +99,13 @@ def series_options(func: F) -> F:
     return func
 
 
+def _require_start_before_end(start_ms: int, end_ms: int) -> None:
+    if start_ms >= end_ms:
+        raise BadInputError(
+            f"--start {format_utc(start_ms / 1000)} is not before --end {format_utc(end_ms / 1000)}"
+        )
+
+
 def _require_series(settings: Settings) -> None:
     if not settings.symbols:
         raise BadInputError("no symbols: give -s/--symbol or set EXTRACTOR_SYMBOLS")
@@ -214,10 +221,7 @@ def backfill(
     end_ms = parse_when(end, now_ms=now, what="--end") if end is not None else now
     if start_ms >= now:
         raise BadInputError(f"--start {format_utc(start_ms / 1000)} is in the future")
-    if start_ms >= end_ms:
-        raise BadInputError(
-            f"--start {format_utc(start_ms / 1000)} is not before --end {format_utc(end_ms / 1000)}"
-        )
+    _require_start_before_end(start_ms, end_ms)
 
     from extractor import pipeline
 
@@ -260,7 +264,7 @@ def extract(
     result = pipeline.extract(
         _runtime(ctx, settings), settings.symbols, settings.intervals, settings.lookback_ms
     )
-    import logging
+    import logging  # here, not at the top: --help stays free of it
 
     for report in result.reports:
         logging.getLogger("extractor.pipeline").info("%s", report.line())
@@ -290,10 +294,8 @@ def gaps(
     now = _now_ms()
     start_ms = parse_when(start, now_ms=now, what="--start") if start is not None else None
     end_ms = parse_when(end, now_ms=now, what="--end") if end is not None else None
-    if start_ms is not None and end_ms is not None and start_ms >= end_ms:
-        raise BadInputError(
-            f"--start {format_utc(start_ms / 1000)} is not before --end {format_utc(end_ms / 1000)}"
-        )
+    if start_ms is not None and end_ms is not None:
+        _require_start_before_end(start_ms, end_ms)
     from extractor import pipeline
 
     found = pipeline.gaps(

@@ -57,8 +57,8 @@ class _TransitionLog(CircuitBreakerListener):
     """Every breaker state change as one WARNING line: operators grep for these."""
 
     def state_change(self, breaker: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
-        wait = breaker.seconds_until_trial()
-        detail = f"after {breaker.failure_count} failures; next trial in {wait:.0f} s"
+        seconds = breaker.seconds_until_trial()
+        detail = f"after {breaker.failure_count} failures; next trial in {seconds:.0f} s"
         log.warning(
             "circuit breaker %s: %s -> %s%s",
             breaker.name,
@@ -233,7 +233,6 @@ class SeriesReport:
     written: int = 0
     windows: int = 0
     exchange_gap_candles: int = 0
-    status: str = ""
 
     def line(self) -> str:
         span = f"{format_utc(self.start / 1000)}..{format_utc(self.end / 1000)}"
@@ -245,16 +244,14 @@ class SeriesReport:
         if self.exchange_gap_candles:
             parts.append(f"{self.exchange_gap_candles:,} absent on the exchange")
         parts.append(f"{self.windows:,} requests")
-        suffix = f" [{self.status}]" if self.status else ""
-        return f"{self.symbol} {self.interval} {span}: " + ", ".join(parts) + suffix
+        return f"{self.symbol} {self.interval} {span}: " + ", ".join(parts)
 
 
 @dataclass
 class RunResult:
-    """Reports per series, plus totals for the progress line and the benchmarks."""
+    """Reports per series, and the total written."""
 
     reports: list[SeriesReport] = field(default_factory=list)
-    seconds: float = 0.0
 
     @property
     def written(self) -> int:
@@ -338,10 +335,12 @@ def fetch_and_write(
             gaps = _empty_ranges(
                 report.interval, window.start, window.closed_end, [k.open_time for k in klines]
             )
+            gap_candles = 0
             for lo, hi in gaps:
                 store.mark_exchange_gap(report.symbol, report.interval, lo, hi)
-                report.exchange_gap_candles += report.interval.count(lo, hi)
-            done += len(klines) + sum(report.interval.count(lo, hi) for lo, hi in gaps)
+                gap_candles += report.interval.count(lo, hi)
+            report.exchange_gap_candles += gap_candles
+            done += len(klines) + gap_candles
             if progress is not None:
                 progress(done, planned)
     except BaseException:
@@ -379,7 +378,6 @@ def backfill(
     progress: ProgressCallback | None = None,
 ) -> RunResult:
     """Fetch every closed candle of ``start <= open_time < end`` that the store does not hold yet."""
-    began = time.monotonic()
     client, store = runtime.client, runtime.store
     statuses = client.exchange_info(symbols)
     for symbol, status in statuses.items():
@@ -407,7 +405,6 @@ def backfill(
         progress=progress,
         planned=planned,
     )
-    result.seconds = time.monotonic() - began
     return result
 
 
@@ -418,7 +415,6 @@ def extract(
     lookback_ms: int,
 ) -> RunResult:
     """The cron run: for each series, every closed candle after the last stored one (or the lookback)."""
-    began = time.monotonic()
     store = runtime.store
     with store.run_lock("extract"):
         client = runtime.client
@@ -441,7 +437,6 @@ def extract(
         fetch_and_write(
             client, store, (w for series in windows for w in series), concurrency=runtime.settings.concurrency
         )
-    result.seconds = time.monotonic() - began
     return result
 
 
@@ -468,7 +463,7 @@ class Gap:
 def find_gaps(store: KlineStore, symbol: str, interval: Interval, start: int | None, end: int) -> list[Gap]:
     """Holes in ``[start, end)``; ``start`` defaults to the first stored candle."""
     if start is None:
-        start = next(iter(store.open_times(symbol, interval, 0, end)), None)
+        start = store.first_open_time(symbol, interval)
         if start is None:
             return []
     if end <= start:

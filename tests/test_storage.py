@@ -164,6 +164,15 @@ def test_last_open_time_is_per_series_and_minute_and_month_never_collide(store: 
     assert store.count("BTCUSDT", MONTH, 0, 2**62) == 1
 
 
+def test_first_open_time_is_the_oldest_of_its_series(store: KlineStore) -> None:
+    assert store.first_open_time("BTCUSDT", M1) is None
+    store.write([candle(T0 + 2 * MINUTE), candle(T0 + MINUTE), candle(MONTH.align(T0), MONTH)])
+    store.write([candle(T0, symbol="ETHUSDT")])
+
+    assert store.first_open_time("BTCUSDT", M1) == T0 + MINUTE
+    assert store.first_open_time("ETHUSDT", M1) == T0
+
+
 def test_count_and_read_use_half_open_ranges(store: KlineStore) -> None:
     store.write(series(T0, 10))
 

@@ -128,6 +128,11 @@ class KlineStore(ABC):
         validate_symbol(symbol)
         return self._guard(self._last_open_time_before, symbol, interval, None)
 
+    def first_open_time(self, symbol: str, interval: Interval) -> int | None:
+        """The oldest stored open time of the series, or None when nothing is stored."""
+        validate_symbol(symbol)
+        return self._guard(self._first_open_time_from, symbol, interval, 0)
+
     def count(self, symbol: str, interval: Interval, start: int, end: int) -> int:
         """How many candles are stored with ``start <= open_time < end``."""
         validate_symbol(symbol)

@@ -688,10 +688,7 @@ def _text_values(klines: Sequence[Kline]) -> list[Any]:
 
 
 def _plain_or_none(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = str(value)
-    return format(value, "f") if "E" in text else text
+    return None if value is None else plain(value)
 
 
 _DECIMAL_COLUMNS = tuple(i for i, name in enumerate(FIELDS) if name in DECIMAL_FIELDS)
