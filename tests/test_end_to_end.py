@@ -119,29 +119,29 @@ def test_backfill_rerun_extract_and_gaps_through_the_console_script(
     assert table.stdout == "ETHUSDT 1h: no gaps\n"
 
 
-def test_python_dash_m_extractor_prints_the_version(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "extractor", "--version"],
+def python_m_extractor(
+    args: list[str], cwd: Path, interpreter_options: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """``python OPTIONS -m extractor ARGS`` in a clean environment."""
+    return subprocess.run(
+        [sys.executable, *interpreter_options, "-m", "extractor", *args],
         env=clean_environ(),
-        cwd=tmp_path,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_python_dash_m_extractor_prints_the_version(tmp_path: Path) -> None:
+    result = python_m_extractor(["--version"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"binance-extractor, version {__version__}\n"
 
 
 @pytest.mark.parametrize("command", [[], ["backfill"], ["extract"], ["gaps"], ["breakers"], ["check"]])
 def test_help_loads_neither_http_nor_database_drivers(command: list[str], tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "extractor", *command, "--help"],
-        env=clean_environ(),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = python_m_extractor([*command, "--help"], tmp_path, ("-X", "importtime"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"Usage: binance-extractor {' '.join(command)}".rstrip() + " ")
     imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in result.stderr.splitlines()}

@@ -204,7 +204,7 @@ def test_a_flapping_exchange_still_yields_exactly_the_exchange_data(
     tmp_path: Path, fake_exchange: FakeExchange, sqlite_url: str
 ) -> None:
     fake_exchange.faults = flapping(seed=7)
-    # The defaults (5 attempts, API breaker threshold 5) give up on about a third of such runs: see below.
+    # Pinned at today's defaults (10 attempts, API breaker threshold 10); the next test runs on the defaults.
     env = env_for(
         tmp_path,
         fake_exchange.url,
