@@ -346,6 +346,7 @@ class FakeExchange:
         ban_after_429s: int = 3,
         ban_seconds: float = 120.0,
         retry_after: int | None = None,
+        round_trip: float = 0.0,
     ) -> None:
         self.symbols = copy.deepcopy(DEFAULT_SYMBOLS if symbols is None else symbols)
         self.weight_limit = weight_limit
@@ -353,6 +354,8 @@ class FakeExchange:
         self.ban_after_429s = ban_after_429s
         self.ban_seconds = ban_seconds
         self.retry_after = retry_after
+        self.round_trip = round_trip
+        """Seconds added to every API answer, as a distant network would (faults.latency is klines only)."""
         self.url = ""
         self.faults = Faults()
         self.request_counts: collections.Counter[str] = collections.Counter()
@@ -736,7 +739,9 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._reset()
             return
-        latency = exchange.faults.latency if path == "/api/v3/klines" else 0.0
+        latency = exchange.round_trip if path.startswith("/api/") else 0.0
+        if path == "/api/v3/klines":
+            latency += exchange.faults.latency
         if latency > 0 and exchange._stopping.wait(latency):
             self.close_connection = True
             return
@@ -771,15 +776,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--weight-limit", type=int, default=6000)
     parser.add_argument(
-        "--latency", type=float, default=0.0, metavar="SECONDS", help="delay of each klines answer"
+        "--latency", type=float, default=0.0, metavar="SECONDS", help="delay of every API answer"
     )
     parser.add_argument(
         "--extra-symbols", type=int, default=0, metavar="N", help="serve N synthetic symbols more"
     )
     args = parser.parse_args()
     symbols = {**DEFAULT_SYMBOLS, **synthetic_symbols(args.extra_symbols)}
-    with FakeExchange(weight_limit=args.weight_limit, symbols=symbols) as exchange:
-        exchange.faults.latency = args.latency
+    with FakeExchange(weight_limit=args.weight_limit, symbols=symbols, round_trip=args.latency) as exchange:
         print(exchange.url, flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
