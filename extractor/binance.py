@@ -265,6 +265,10 @@ class BinanceClient:
         self._ensure_synced()
         return int(self._clock() * 1000) + self._offset_ms
 
+    def local_time_ms(self) -> int:
+        """This machine's wall clock in ms: what the exchange's time is taken to be before any sync."""
+        return int(self._wall_clock() * 1000)
+
     def clock_skew_ms(self) -> int:
         """Server minus local wall clock in ms, as measured by the last sync."""
         self._ensure_synced()
@@ -319,13 +323,24 @@ class BinanceClient:
         return unknown
 
     def klines(
-        self, symbol: str, interval: Interval, start: int, end: int, limit: int = PAGE_LIMIT
+        self,
+        symbol: str,
+        interval: Interval,
+        start: int,
+        end: int,
+        limit: int = PAGE_LIMIT,
+        *,
+        closed_by: int | None = None,
     ) -> list[Kline]:
-        """Every closed candle with ``start <= open_time < end``, paging by open time."""
+        """Every closed candle with ``start <= open_time < end``, paging by open time.
+
+        Closed means closed by ``closed_by`` (exchange ms) if given, else by the exchange's time now.
+        """
         validate_symbol(symbol)
         if not 1 <= limit <= PAGE_LIMIT:
             raise BadInputError(f"limit must be between 1 and {PAGE_LIMIT}, not {limit}")
-        now = self.now_ms()  # taken before any page is asked for, so every kept candle was closed
+        # taken before any page is asked for, so every kept candle was closed
+        now = self.now_ms() if closed_by is None else closed_by
         out: list[Kline] = []
         page_start = start
         while page_start < end:

@@ -196,7 +196,7 @@ class _ProgressLine:
     type=int,
     metavar="N",
     help="Most requests in flight at once (1-64); fewer while the exchange answers fast. "
-    "[env EXTRACTOR_CONCURRENCY; default 16]",
+    "[env EXTRACTOR_CONCURRENCY; default 32]",
 )
 @click.option(
     "--progress/--no-progress",

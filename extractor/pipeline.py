@@ -9,13 +9,18 @@ so reruns do not ask again and ``gaps`` can tell them apart from holes never fet
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
 
 from extractor.binance import KLINES_WEIGHT, BinanceClient, WeightBudget
 from extractor.errors import (
@@ -41,6 +46,7 @@ from utils.circuit_breaker import (
 log = logging.getLogger("extractor.pipeline")
 
 Range = tuple[int, int]
+T = TypeVar("T")
 ProgressCallback = Callable[[int, int], None]
 """Called with (candles done, candles planned) as windows are written."""
 
@@ -212,12 +218,16 @@ def _empty_ranges(interval: Interval, lo: int, hi: int, open_times: Sequence[int
 
 @dataclass(frozen=True)
 class Window:
-    """One request's worth of one series: ``start <= open_time < end``, at most 1,000 candles."""
+    """One request's worth of one series: ``start <= open_time < end``, at most 1,000 candles.
+
+    ``closed_by`` is an exchange time by which every candle of the window has closed, when the window is
+    asked for before the exchange's clock is known; ``None`` keeps the client's own check against it.
+    """
 
     report: SeriesReport
     start: int
     end: int
-    closed_end: int
+    closed_by: int | None = None
 
 
 @dataclass
@@ -259,113 +269,169 @@ class RunResult:
 
 
 def _plan_windows(
-    interval: Interval, todo: Iterable[Range], report: SeriesReport, closed_end: int
+    interval: Interval, todo: Iterable[Range], report: SeriesReport, closed_by: int | None = None
 ) -> Iterator[Window]:
     for lo, hi in todo:
         for start, end in interval.windows(lo, hi):
-            yield Window(report, start, end, min(end, closed_end))
+            yield Window(report, start, end, closed_by)
 
 
 IDLE_WAIT_SECONDS = 0.002
+FIRST_WRITE_SECONDS = 0.01
+"""The writer's time per window until one has been measured: about what 1,000 candles cost to store."""
 
 
 class InFlightLimit:
     """How many windows to have requested but not yet written: enough to hide the exchange's latency.
 
-    It grows while the writer waits for the next window with the process mostly idle (the answers are
-    slow to come, not slow to parse or write), never past ``ceiling`` nor the weight left in the budget's
-    minute. On a fast link it stays where it starts, so the fetch threads neither crowd the writer off the
-    GIL nor park parsed windows (about 1 MB each) in memory.
+    It grows when the writer has waited for a window with the process mostly idle (the answers are slow
+    to come, not slow to parse or write): by as many windows as the writer could have written in that
+    wait, never past ``ceiling`` nor the weight left in the budget's minute. On a fast link it stays where
+    it starts, so the fetch threads neither crowd the writer off the GIL nor park parsed windows (about
+    1 MB each) in memory.
     """
 
     def __init__(self, ceiling: int, budget: WeightBudget, start: int = 8) -> None:
         self.ceiling = max(1, ceiling)
         self.value = min(start, self.ceiling)
         self._budget = budget
+        self._write_seconds = FIRST_WRITE_SECONDS
+
+    def wrote(self, seconds: float) -> None:
+        """The writer spent ``seconds`` on one window (a moving average smooths the odd slow write)."""
+        self._write_seconds += (seconds - self._write_seconds) / 4
 
     def waited(self, seconds: float, cpu_seconds: float) -> None:
         """The writer waited ``seconds`` for a window while the whole process used ``cpu_seconds``."""
         if seconds < IDLE_WAIT_SECONDS or cpu_seconds > seconds / 2:
             return
+        more = math.ceil(seconds / max(self._write_seconds, IDLE_WAIT_SECONDS))
         affordable = (self._budget.limit - self._budget.used) // KLINES_WEIGHT
-        self.value = max(self.value, min(self.ceiling, affordable, self.value + (self.value + 1) // 2))
+        self.value = max(self.value, min(self.ceiling, affordable, self.value + more))
 
 
-def fetch_and_write(
-    client: BinanceClient,
-    store: KlineStore,
-    windows: Iterable[Window],
-    *,
-    concurrency: int,
-    progress: ProgressCallback | None = None,
-    planned: int = 0,
-) -> None:
-    """Fetch windows, up to ``concurrency`` requests in flight; write each, in plan order, as it arrives."""
-    pending: deque[tuple[Window, Future[list[Kline]]]] = deque()
-    planned_windows = iter(windows)
-    limit = InFlightLimit(concurrency, client.weight_budget)
-    done = 0
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fetch")
+class WindowFetcher:
+    """Windows asked for by a bounded pool and written strictly in the order they were asked for.
 
-    def refill() -> None:
-        while len(pending) < limit.value:
-            window = next(planned_windows, None)
+    Used as a context manager: on the way out it waits for the pool, or, when an error is on its way out,
+    cancels what has not started.
+    """
+
+    def __init__(self, client: BinanceClient, concurrency: int) -> None:
+        self._client = client
+        self._limit = InFlightLimit(concurrency, client.weight_budget)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="fetch")
+        self._pending: deque[tuple[Window, Future[list[Kline]]]] = deque()
+        self._windows: Iterator[Window] = iter(())
+
+    def __enter__(self) -> WindowFetcher:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self._pool.shutdown(wait=True)
+            return
+        self.discard()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def submit(self, call: Callable[[], T]) -> Future[T]:
+        """Run ``call`` on the pool, alongside the windows; :meth:`result` waits for it."""
+        return self._pool.submit(call)
+
+    def result(self, future: Future[T]) -> T:
+        """What ``future`` returns; an idle wait for it tells the in-flight limit the link is slow."""
+        if not future.done():
+            began, cpu_began = time.monotonic(), time.process_time()
+            wait((future,))
+            self._limit.waited(time.monotonic() - began, time.process_time() - cpu_began)
+        self._refill()
+        return future.result()
+
+    def prefetch(self, windows: Iterator[Window]) -> None:
+        """Ask for the first of ``windows`` now; :meth:`write_all` writes them, and the rest, first."""
+        self._windows = itertools.chain(self._windows, windows)
+        self._refill()
+
+    def discard(self) -> None:
+        """Forget every window asked for and not yet written."""
+        for _, future in self._pending:
+            future.cancel()
+        self._pending.clear()
+        self._windows = iter(())
+
+    def _refill(self) -> None:
+        while len(self._pending) < self._limit.value:
+            window = next(self._windows, None)
             if window is None:
                 return
             report = window.report
-            pending.append(
-                (window, pool.submit(client.klines, report.symbol, report.interval, window.start, window.end))
+            future = self._pool.submit(
+                self._client.klines,
+                report.symbol,
+                report.interval,
+                window.start,
+                window.end,
+                closed_by=window.closed_by,
             )
+            self._pending.append((window, future))
 
-    try:
-        refill()
+    def write_all(
+        self,
+        store: KlineStore,
+        windows: Iterable[Window],
+        *,
+        progress: ProgressCallback | None = None,
+        planned: int = 0,
+    ) -> None:
+        """Fetch the prefetched windows, then ``windows``; write each, in that order, as it arrives."""
+        self._windows = itertools.chain(self._windows, windows)
+        pending, limit = self._pending, self._limit
+        done = 0
+        self._refill()
         while pending:
             window, future = pending.popleft()
-            if not future.done():
-                began, cpu_began = time.monotonic(), time.process_time()
-                wait((future,))
-                limit.waited(time.monotonic() - began, time.process_time() - cpu_began)
-            klines = future.result()
-            refill()
+            klines = self.result(future)
+            began = time.monotonic()
             report = window.report
             if klines:
                 store.write(klines)
             report.written += len(klines)
             report.windows += 1
-            gaps = _empty_ranges(
-                report.interval, window.start, window.closed_end, [k.open_time for k in klines]
-            )
+            gaps = _empty_ranges(report.interval, window.start, window.end, [k.open_time for k in klines])
             gap_candles = 0
             for lo, hi in gaps:
                 store.mark_exchange_gap(report.symbol, report.interval, lo, hi)
                 gap_candles += report.interval.count(lo, hi)
             report.exchange_gap_candles += gap_candles
             done += len(klines) + gap_candles
+            limit.wrote(time.monotonic() - began)
             if progress is not None:
                 progress(done, planned)
-    except BaseException:
-        for _, future in pending:
-            future.cancel()
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
 
 
 # ---------------------------------------------------------------------------------------------- commands
 
 
-def _plan_series(
-    store: KlineStore, symbol: str, interval: Interval, start: int, end: int
-) -> tuple[SeriesReport, list[Range]]:
-    report = SeriesReport(symbol, interval, start, end)
+SETTLED_MARGIN_MS = 3_600_000
+"""Candles that closed this long before the local clock's now are closed on any sane exchange clock."""
+
+
+def _plan_series(store: KlineStore, report: SeriesReport, start: int, end: int) -> list[Range]:
+    """Extend ``report`` to ``end``: the ranges of ``[start, end)`` to fetch, which the store lacks and
+    the exchange has not already answered empty."""
     if end <= start:
-        return report, []
-    missing = store.missing_ranges(symbol, interval, start, end)
-    todo = subtract(missing, store.exchange_gaps(symbol, interval, start, end))
-    report.planned = sum(interval.count(lo, hi) for lo, hi in todo)
+        return []
+    report.end = end
+    interval = report.interval
+    missing = store.missing_ranges(report.symbol, interval, start, end)
+    todo = subtract(missing, store.exchange_gaps(report.symbol, interval, start, end))
+    report.planned += sum(interval.count(lo, hi) for lo, hi in todo)
     known_missing = sum(interval.count(lo, hi) for lo, hi in missing)
-    report.already_stored = max(0, interval.count(start, end) - known_missing) if interval.is_anchored else 0
-    return report, todo
+    if interval.is_anchored:
+        report.already_stored += max(0, interval.count(start, end) - known_missing)
+    return todo
 
 
 def backfill(
@@ -377,34 +443,46 @@ def backfill(
     *,
     progress: ProgressCallback | None = None,
 ) -> RunResult:
-    """Fetch every closed candle of ``start <= open_time < end`` that the store does not hold yet."""
+    """Fetch every closed candle of ``start <= open_time < end`` that the store does not hold yet.
+
+    exchangeInfo, which carries the exchange's clock, is asked for alongside the first windows: those
+    that closed over :data:`SETTLED_MARGIN_MS` before the local clock's now need no exchange clock to
+    plan, and none is written before that clock confirms they are closed.
+    """
     client, store = runtime.client, runtime.store
-    statuses = client.exchange_info(symbols)
-    for symbol, status in statuses.items():
-        if status != "TRADING":
-            log.warning("%s is %s on the exchange: no new candles while it stays so", symbol, status)
-    now = client.now_ms()
-    if start >= now:
-        raise BadInputError(
-            f"--start {format_utc(start / 1000)} is in the future (exchange time {format_utc(now / 1000)})"
+    result = RunResult([SeriesReport(s, i, start, start) for s in symbols for i in intervals])
+    with WindowFetcher(client, runtime.settings.concurrency) as fetcher:
+        info = fetcher.submit(partial(client.exchange_info, symbols))
+        settled = client.local_time_ms() - SETTLED_MARGIN_MS
+        if client.breaker.state is not CircuitState.CLOSED:
+            settled = start  # after an outage exchangeInfo goes alone, as the breaker's single trial
+        head = [
+            (r, _plan_series(store, r, start, min(end, closed_limit(r.interval, settled))))
+            for r in result.reports
+        ]
+        fetcher.prefetch(w for r, todo in head for w in _plan_windows(r.interval, todo, r, settled))
+        for symbol, status in fetcher.result(info).items():
+            if status != "TRADING":
+                log.warning("%s is %s on the exchange: no new candles while it stays so", symbol, status)
+        now = client.now_ms()
+        if start >= now:
+            raise BadInputError(
+                f"--start {format_utc(start / 1000)} is in the future "
+                f"(exchange time {format_utc(now / 1000)})"
+            )
+        if now < settled:  # this machine's clock runs ahead of the exchange's by more than the margin
+            fetcher.discard()
+            result = RunResult([SeriesReport(s, i, start, start) for s in symbols for i in intervals])
+        tail = [
+            (r, _plan_series(store, r, r.end, min(end, closed_limit(r.interval, now))))
+            for r in result.reports
+        ]
+        fetcher.write_all(
+            store,
+            (w for r, todo in tail for w in _plan_windows(r.interval, todo, r)),
+            progress=progress,
+            planned=sum(r.planned for r in result.reports),
         )
-    result = RunResult()
-    windows: list[Iterator[Window]] = []
-    for symbol in symbols:
-        for interval in intervals:
-            closed_end = min(end, closed_limit(interval, now))
-            report, todo = _plan_series(store, symbol, interval, start, closed_end)
-            result.reports.append(report)
-            windows.append(_plan_windows(interval, todo, report, closed_end))
-    planned = sum(r.planned for r in result.reports)
-    fetch_and_write(
-        client,
-        store,
-        (w for series in windows for w in series),
-        concurrency=runtime.settings.concurrency,
-        progress=progress,
-        planned=planned,
-    )
     return result
 
 
@@ -433,10 +511,9 @@ def extract(
                         [(start, closed_end)], store.exchange_gaps(symbol, interval, start, closed_end)
                     )
                     report.planned = sum(interval.count(lo, hi) for lo, hi in todo)
-                    windows.append(_plan_windows(interval, todo, report, closed_end))
-        fetch_and_write(
-            client, store, (w for series in windows for w in series), concurrency=runtime.settings.concurrency
-        )
+                    windows.append(_plan_windows(interval, todo, report))
+        with WindowFetcher(client, runtime.settings.concurrency) as fetcher:
+            fetcher.write_all(store, (w for series in windows for w in series))
     return result
 
 
@@ -489,12 +566,8 @@ def gaps(
     holes = [(g.start, g.end) for g in found if g.kind == "missing"]
     if repair and holes:
         report = SeriesReport(symbol, interval, holes[0][0], end)
-        fetch_and_write(
-            runtime.client,
-            store,
-            _plan_windows(interval, holes, report, end),
-            concurrency=runtime.settings.concurrency,
-        )
+        with WindowFetcher(runtime.client, runtime.settings.concurrency) as fetcher:
+            fetcher.write_all(store, _plan_windows(interval, holes, report))
         found = find_gaps(store, symbol, interval, start, end)
     return found
 

@@ -21,7 +21,7 @@ from extractor.klines import validate_symbol
 DEFAULT_DB_URL = "sqlite:///klines.db"
 DEFAULT_BASE_URL = "https://api.binance.com"
 DEFAULT_LOOKBACK = "1d"
-DEFAULT_CONCURRENCY = 16
+DEFAULT_CONCURRENCY = 32
 MAX_CONCURRENCY = 64
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

@@ -173,9 +173,11 @@ class SharedClock:
 class RuntimeWithClient(Runtime):
     """A Runtime whose exchange client takes clock and sleep from the test, with the usual breaker."""
 
-    def __init__(self, settings: Settings, **client_options: Any) -> None:
+    def __init__(
+        self, settings: Settings, client_class: type[BinanceClient] = BinanceClient, **client_options: Any
+    ) -> None:
         super().__init__(settings)
-        self._test_client = BinanceClient(
+        self._test_client = client_class(
             settings.base_url,
             breaker=self.api_breaker,
             concurrency=settings.concurrency,
