@@ -265,6 +265,15 @@ class BinanceClient:
         self._ensure_synced()
         return int(self._clock() * 1000) + self._offset_ms
 
+    def monotonic(self) -> float:
+        """The client's monotonic clock in seconds, for :meth:`exchange_time_at`."""
+        return self._clock()
+
+    def exchange_time_at(self, monotonic: float) -> int:
+        """Exchange time in ms at an earlier :meth:`monotonic` reading, by the last sync's measure."""
+        self._ensure_synced()
+        return int(monotonic * 1000) + self._offset_ms
+
     def local_time_ms(self) -> int:
         """This machine's wall clock in ms: what the exchange's time is taken to be before any sync."""
         return int(self._wall_clock() * 1000)

@@ -346,7 +346,6 @@ class WindowFetcher:
             began, cpu_began = time.monotonic(), time.process_time()
             wait((future,))
             self._limit.waited(time.monotonic() - began, time.process_time() - cpu_began)
-        self._refill()
         return future.result()
 
     def prefetch(self, windows: Iterator[Window]) -> None:
@@ -393,6 +392,7 @@ class WindowFetcher:
         while pending:
             window, future = pending.popleft()
             klines = self.result(future)
+            self._refill()
             began = time.monotonic()
             report = window.report
             if klines:
@@ -460,6 +460,7 @@ def backfill(
             (r, _plan_series(store, r, start, min(end, closed_limit(r.interval, settled))))
             for r in result.reports
         ]
+        asked = client.monotonic()
         fetcher.prefetch(w for r, todo in head for w in _plan_windows(r.interval, todo, r, settled))
         for symbol, status in fetcher.result(info).items():
             if status != "TRADING":
@@ -470,7 +471,9 @@ def backfill(
                 f"--start {format_utc(start / 1000)} is in the future "
                 f"(exchange time {format_utc(now / 1000)})"
             )
-        if now < settled:  # this machine's clock runs ahead of the exchange's by more than the margin
+        # A window answered before ``settled`` on the exchange could hold a candle still forming then:
+        # keep the prefetch only if the exchange had passed ``settled`` before the first of it was asked.
+        if client.exchange_time_at(asked) < settled:  # this machine's clock runs over the margin ahead
             fetcher.discard()
             result = RunResult([SeriesReport(s, i, start, start) for s in symbols for i in intervals])
         tail = [

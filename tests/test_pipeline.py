@@ -7,6 +7,7 @@ exchange with a client that records the order of its calls, so the overlap is as
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ import pytest
 
 from extractor import pipeline
 from extractor.binance import BinanceClient, WeightBudget
+from extractor.errors import BadInputError
 from extractor.intervals import Interval
+from extractor.klines import to_row
 from extractor.settings import load_settings
 from extractor.storage import open_store
 from tests.fake_exchange import FakeExchange, ManualClock
@@ -69,24 +72,39 @@ def test_the_limit_starts_no_higher_than_the_ceiling() -> None:
 
 
 class RecordingClient(BinanceClient):
-    """Records calls in order; exchangeInfo answers only once a window has been asked for, if told to."""
+    """Records calls in order. If told to, exchangeInfo is sent only once a window has been answered, and
+    ``late_by`` seconds of the manual clock pass before it is: an answer slower than the windows'."""
 
-    def __init__(self, *args: Any, hold_exchange_info: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        hold_exchange_info: bool = False,
+        late_by: tuple[ManualClock, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.calls: list[str] = []
-        self.window_asked = threading.Event()
-        self.hold_exchange_info = hold_exchange_info
+        self.window_answered = threading.Event()
+        self.hold_exchange_info = hold_exchange_info or late_by is not None
+        self.late_by = late_by
 
     def exchange_info(self, symbols: Any) -> dict[str, str]:
         self.calls.append("exchangeInfo")
         if self.hold_exchange_info:
-            assert self.window_asked.wait(10), "no window was asked for while exchangeInfo was on its way"
-        return super().exchange_info(symbols)
+            assert self.window_answered.wait(10), "no window was answered while exchangeInfo was on its way"
+        if self.late_by is not None:
+            clock, seconds = self.late_by
+            clock.advance(seconds)
+        statuses = super().exchange_info(symbols)
+        self.calls.append("exchangeInfo answered")
+        return statuses
 
     def klines(self, symbol: str, interval: Interval, start: int, end: int, *args: Any, **kw: Any) -> Any:
         self.calls.append(f"klines {start}")
-        self.window_asked.set()
-        return super().klines(symbol, interval, start, end, *args, **kw)
+        try:
+            return super().klines(symbol, interval, start, end, *args, **kw)
+        finally:
+            self.window_answered.set()
 
 
 def runtime_for(exchange: FakeExchange, folder: Path, **client_options: Any) -> RuntimeWithClient:
@@ -124,9 +142,21 @@ def test_a_backfill_asks_for_its_first_windows_while_exchange_info_is_on_its_way
 
     assert result.written == 4_320
     windows = [f"klines {START + n * 1_000 * 60_000}" for n in range(5)]
-    assert sorted(calls(runtime)) == sorted(["exchangeInfo", *windows])
+    assert sorted(calls(runtime)) == sorted(["exchangeInfo", "exchangeInfo answered", *windows])
     assert stored_open_times(tmp_path, START, END) == list(range(START, END, 60_000))
     assert fake_exchange.request_counts == {"/api/v3/exchangeInfo": 1, "/api/v3/klines": 5}
+
+
+def test_no_window_is_asked_for_once_exchange_info_has_failed(
+    fake_exchange: FakeExchange, tmp_path: Path
+) -> None:
+    fake_exchange.round_trip = 0.05  # an idle wait for exchangeInfo, which would grow the in-flight limit
+    runtime = runtime_for(fake_exchange, tmp_path, hold_exchange_info=True)
+    with pytest.raises(BadInputError, match="unknown symbol NOPEUSDT"):
+        pipeline.backfill(runtime, ["NOPEUSDT"], [ONE_MINUTE], START, START + 60 * DAY_MS)
+    runtime.close()
+
+    assert fake_exchange.request_counts["/api/v3/klines"] <= 8  # what went out alongside it, no more
 
 
 def test_after_an_outage_exchange_info_goes_alone_as_the_breakers_trial(
@@ -138,25 +168,39 @@ def test_after_an_outage_exchange_info_goes_alone_as_the_breakers_trial(
     result = backfill(runtime, START, END)
 
     assert result.written == 4_320
-    assert calls(runtime)[0] == "exchangeInfo"
+    assert calls(runtime)[:2] == ["exchangeInfo", "exchangeInfo answered"]
     assert runtime.api_breaker.state is CircuitState.CLOSED
 
 
-@pytest.mark.parametrize("behind_hours", [0.5, 30 * 24], ids=["half-an-hour", "a-month"])
+@pytest.mark.parametrize(
+    ("exchange_at", "ahead", "late_by", "closed"),
+    [
+        ("12:00:30", 1_800, 0.0, 180),
+        ("12:00:30", 30 * 86_400, 0.0, 180),
+        ("12:00:59.950", 3_600.1, 0.2, 181),
+    ],
+    ids=["half-an-hour", "a-month", "an-hour-and-100-ms-with-exchangeInfo-200-ms-late"],
+)
 def test_a_machine_clock_ahead_of_the_exchange_never_gets_a_forming_candle_stored(
-    tmp_path: Path, behind_hours: float
+    tmp_path: Path, exchange_at: str, ahead: float, late_by: float, closed: int
 ) -> None:
-    # The exchange's clock stands at 12:00:30 on 2024-01-10; this machine's runs ahead of it. Windows asked
-    # for before exchangeInfo told the time may reach past the exchange's now: they must not be written.
-    now = 1_704_888_030_000
-    clock = ManualClock(now / 1000)
-    wall = now / 1000 + behind_hours * 3600
-    start = now - 30_000 - 3 * 60 * 60_000  # 09:00
+    # This machine's clock runs ``ahead`` of the exchange's, so windows asked for before exchangeInfo told
+    # the time can reach past the exchange's now. In the last case the window holding 12:00 is answered at
+    # 12:00:59.950, while that candle is forming, and exchangeInfo 200 ms later, once it has closed.
+    now = datetime.fromisoformat(f"2024-01-10T{exchange_at}+00:00").timestamp()
+    clock = ManualClock(now)
+    start = 1_704_877_200_000  # 09:00
     with FakeExchange(clock=clock) as exchange:
-        result = backfill(runtime_for(exchange, tmp_path, wall_clock=lambda: wall), start, now + DAY_MS)
+        runtime = runtime_for(
+            exchange, tmp_path, clock=clock, wall_clock=lambda: clock() + ahead, late_by=(clock, late_by)
+        )
+        result = backfill(runtime, start, start + DAY_MS)
+        closed_rows = exchange.rows("BTCUSDT", "1m", start, start + DAY_MS)
 
-    assert result.written == 180  # 09:00 .. 11:59; the 12:00 candle is forming
-    assert stored_open_times(tmp_path, 0, now + DAY_MS) == list(range(start, now - 30_000, 60_000))
+    assert result.written == closed == len(closed_rows)
+    with open_store(f"sqlite:///{tmp_path / 'klines.db'}") as store:
+        stored = [to_row(k) for k in store.read("BTCUSDT", ONE_MINUTE, 0, start + DAY_MS)]
+    assert stored == closed_rows
 
 
 def test_a_backfill_up_to_now_gets_every_closed_candle_across_the_early_and_late_windows(
