@@ -263,7 +263,7 @@ class BinanceClient:
     def now_ms(self) -> int:
         """Exchange time in ms: the server time of the first sync carried forward by the monotonic clock."""
         self._ensure_synced()
-        return int(self._clock() * 1000) + self._offset_ms
+        return self.exchange_time_at(self._clock())
 
     def monotonic(self) -> float:
         """The client's monotonic clock in seconds, for :meth:`exchange_time_at`."""

@@ -450,7 +450,11 @@ def backfill(
     plan, and none is written before that clock confirms they are closed.
     """
     client, store = runtime.client, runtime.store
-    result = RunResult([SeriesReport(s, i, start, start) for s in symbols for i in intervals])
+
+    def unplanned() -> RunResult:
+        return RunResult([SeriesReport(s, i, start, start) for s in symbols for i in intervals])
+
+    result = unplanned()
     with WindowFetcher(client, runtime.settings.concurrency) as fetcher:
         info = fetcher.submit(partial(client.exchange_info, symbols))
         settled = client.local_time_ms() - SETTLED_MARGIN_MS
@@ -475,7 +479,7 @@ def backfill(
         # keep the prefetch only if the exchange had passed ``settled`` before the first of it was asked.
         if client.exchange_time_at(asked) < settled:  # this machine's clock runs over the margin ahead
             fetcher.discard()
-            result = RunResult([SeriesReport(s, i, start, start) for s in symbols for i in intervals])
+            result = unplanned()
         tail = [
             (r, _plan_series(store, r, r.end, min(end, closed_limit(r.interval, now))))
             for r in result.reports
