@@ -1,4 +1,5 @@
-"""Real database services for tests: MariaDB (MYSQL_URL), a MongoDB wire-protocol server, a TCP proxy.
+"""Real database services for tests: MariaDB (MYSQL_URL), PostgreSQL (POSTGRES_URL), a MongoDB
+wire-protocol server, and a TCP proxy.
 
 A service that cannot be reached skips its tests with the reason, unless REQUIRE_SERVICES=1 (CI), where
 it fails them. Each test gets its own database, so ``pytest -n 2`` workers never see each other's rows.
@@ -12,19 +13,23 @@ import itertools
 import os
 import shutil
 import socket
-import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from tests.tcp_proxy import TcpProxy
+
+if TYPE_CHECKING:
+    from extractor.storage import KlineStore
+
 DEFAULT_MYSQL_URL = "mysql+pymysql://root:@127.0.0.1:3306/test"
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 MONGO_START_SECONDS = 20.0
 
 _names = itertools.count()
@@ -46,6 +51,15 @@ def unique_name(prefix: str) -> str:
 def with_database(url: str, database: str) -> str:
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+
+
+def through(url: str, proxy: TcpProxy) -> str:
+    """``url`` with its host and port replaced by the proxy's, credentials kept."""
+    parts = urlsplit(url)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    return urlunsplit(
+        (parts.scheme, f"{userinfo}{at}{proxy.address}", parts.path, parts.query, parts.fragment)
+    )
 
 
 def free_port() -> int:
@@ -125,6 +139,76 @@ def fresh_mysql_url(mysql_databases: MySqlDatabases) -> Iterator[str]:
     url = mysql_databases.create()
     yield url
     mysql_databases.drop(url)
+
+
+# ---------------------------------------------------------------------------------------------- PostgreSQL
+
+
+def _postgres_admin(url: str, statement: str) -> None:
+    import psycopg
+
+    parts = urlsplit(url)
+    with psycopg.connect(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 5432,
+        user=parts.username or "postgres",
+        password=parts.password or "",
+        dbname=parts.path.lstrip("/") or "postgres",
+        connect_timeout=3,
+        autocommit=True,
+    ) as connection:
+        connection.execute(statement)
+
+
+class PostgresDatabases:
+    """Creates uniquely named databases on the PostgreSQL server of POSTGRES_URL and drops them afterwards."""
+
+    def __init__(self, server_url: str) -> None:
+        self.server_url = server_url
+        self._created: list[str] = []
+
+    def create(self) -> str:
+        name = unique_name("bx")
+        _postgres_admin(self.server_url, f'CREATE DATABASE "{name}"')
+        self._created.append(name)
+        return with_database(self.server_url, name)
+
+    def drop(self, url: str) -> None:
+        name = urlsplit(url).path.lstrip("/")
+        with contextlib.suppress(Exception):
+            _postgres_admin(self.server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        with contextlib.suppress(ValueError):
+            self._created.remove(name)
+
+    def drop_all(self) -> None:
+        for name in list(self._created):
+            self.drop(with_database(self.server_url, name))
+
+
+@pytest.fixture(scope="session")
+def postgres_databases() -> Iterator[PostgresDatabases]:
+    server_url = os.environ.get("POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    try:
+        _postgres_admin(server_url, "SELECT 1")
+    except Exception as exc:
+        unavailable(f"PostgreSQL at {server_url.split('@')[-1]} is not reachable: {exc}")
+    databases = PostgresDatabases(server_url)
+    yield databases
+    databases.drop_all()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_databases: PostgresDatabases) -> str:
+    """A database of this test session (one per xdist worker), dropped at the end."""
+    return postgres_databases.create()
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_databases: PostgresDatabases) -> Iterator[str]:
+    """A database of this test alone."""
+    url = postgres_databases.create()
+    yield url
+    postgres_databases.drop(url)
 
 
 # ---------------------------------------------------------------------------------------------- MongoDB
@@ -226,133 +310,46 @@ def fresh_mongo_url(mongo_server: MongoServer) -> str:
     return mongo_server.url(unique_name("bx"))
 
 
+# ---------------------------------------------------------------------------------------------- every backend
+
+BACKENDS = [
+    "sqlite",
+    pytest.param("mysql", marks=pytest.mark.mysql),
+    pytest.param("postgres", marks=pytest.mark.postgres),
+    pytest.param("mongo", marks=pytest.mark.mongo),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database of each backend in turn: a SQLite file, MariaDB, PostgreSQL, nx-27017."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/klines.db"
+    return str(request.getfixturevalue(f"fresh_{request.param}_url"))
+
+
+@pytest.fixture
+def kline_store(backend_url: str) -> Iterator[KlineStore]:
+    """An opened store on ``backend_url``, its db breaker opening after three lost tries."""
+    from extractor.storage import open_store
+    from tests.storage_cases import db_breaker
+
+    with open_store(backend_url, breaker=db_breaker()) as opened:
+        yield opened
+
+
+@pytest.fixture
+def second_kline_store(backend_url: str, kline_store: KlineStore) -> Iterator[KlineStore]:
+    """Another run on the database of ``kline_store``, with its own connections."""
+    from extractor.storage import open_store
+    from tests.storage_cases import db_breaker
+
+    with open_store(backend_url, breaker=db_breaker()) as opened:
+        yield opened
+
+
 # ---------------------------------------------------------------------------------------------- proxy
-
-
-class TcpProxy:
-    """A threaded TCP proxy from 127.0.0.1:<port> to a server, to cut or refuse connections at will.
-
-    ``drop_connections()`` resets every live connection (client and server side), as a crashed server
-    or a broken network would; ``refuse(True)`` closes the listening socket so new connections are
-    refused, ``refuse(False)`` listens again on the same port.
-    """
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.host = "127.0.0.1"
-        self._lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
-        self._closed = False
-        self._listening = threading.Event()
-        self._listener = self._listen(0)
-        self.port: int = self._listener.getsockname()[1]
-        self._acceptor = threading.Thread(target=self._accept_loop, name="tcp-proxy-accept", daemon=True)
-        self._acceptor.start()
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def _listen(self, port: int) -> socket.socket:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((self.host, port))
-        listener.listen(64)
-        self._listening.set()
-        return listener
-
-    def _accept_loop(self) -> None:
-        while not self._closed:
-            self._listening.wait()
-            listener = self._listener
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                continue  # the listener was closed by refuse() or close()
-            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
-
-    def _connect(self, client: socket.socket) -> None:
-        try:
-            upstream = socket.create_connection(self.target, timeout=5)
-        except OSError:
-            _reset(client)
-            return
-        upstream.settimeout(None)
-        with self._lock:
-            if self._closed:
-                _reset(client)
-                _reset(upstream)
-                return
-            self._sockets.update((client, upstream))
-        threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-        self._pump(upstream, client)
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while chunk := source.recv(65536):
-                sink.sendall(chunk)
-        except OSError:
-            pass
-        finally:
-            self._forget(source, sink)
-
-    def _forget(self, *pair: socket.socket) -> None:
-        with self._lock:
-            live = [s for s in pair if s in self._sockets]
-            self._sockets.difference_update(live)
-        for s in live:
-            _reset(s)
-
-    @property
-    def connections(self) -> int:
-        """Live proxied connections."""
-        with self._lock:
-            return len(self._sockets) // 2
-
-    def drop_connections(self) -> None:
-        """Reset every live connection on both sides."""
-        with self._lock:
-            live = list(self._sockets)
-            self._sockets.clear()
-        for s in live:
-            _reset(s)
-
-    def refuse(self, on: bool) -> None:
-        """Refuse new connections (``on``) or accept them again; takes effect before returning."""
-        with self._lock:
-            if on and self._listening.is_set():
-                self._listening.clear()
-                _close_listener(self._listener)
-            elif not on and not self._listening.is_set():
-                self._listener = self._listen(self.port)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-        self.refuse(True)
-        self._listening.set()
-        self.drop_connections()
-
-    def __enter__(self) -> TcpProxy:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _close_listener(listener: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
-    listener.close()
-
-
-def _reset(s: socket.socket) -> None:
-    """Close with an RST, as a crashed peer would, after waking any thread blocked on the socket."""
-    with contextlib.suppress(OSError):
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    with contextlib.suppress(OSError):
-        s.shutdown(socket.SHUT_RD)
-    s.close()
+# TcpProxy lives in tests/tcp_proxy.py; it is imported here for the fixture and for older imports.
 
 
 @pytest.fixture
