@@ -2,16 +2,18 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The dev tools are installed once per pyproject.toml: a venv made by `pip install .` alone has none.
+DEV_STAMP := $(VENV)/.dev-tools-installed
 PYTEST_ARGS ?=
 
 .PHONY: install test lint bench smoke clean
 
-install: $(BIN)/binance-extractor
+install: $(DEV_STAMP)
 
-$(BIN)/binance-extractor: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+$(DEV_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
 test: install

@@ -3,20 +3,25 @@
 ::
 
     ExtractorError                    1  unexpected failure
-    ├── BadInputError                 2  a flag, variable, date, symbol or URL is wrong
-    │   └── RequestRejected           2  Binance refused the request (code and message kept)
+    ├── BadInputError                 2  a flag, variable, date, symbol, URL or file is wrong
+    │   ├── RequestRejected           2  Binance refused the request (code and message kept)
+    │   └── SeriesRejected            2  the exchange refused some series; the others were stored
     ├── StorageError                  1  the database refused data (integrity, programming)
-    └── TemporaryError               75  nothing is wrong with the input: try again later
-        ├── ExchangeUnavailable      75  timeouts, resets, 5xx, HTML error pages
-        │   └── MalformedResponse    75  truncated JSON or a row that fails validation
-        ├── RateLimited              75  429 that did not clear (carries retry_after seconds)
-        ├── IPBanned                 75  418: banned until a known time (carries until_ms)
-        ├── StorageUnavailable       75  the database cannot be reached or went away
-        ├── BreakerOpen              75  a circuit breaker refuses calls until retry_at
-        └── RunLocked                75  another run holds the lock for the same database
+    ├── TemporaryError               75  nothing is wrong with the input: try again later
+    │   ├── ExchangeUnavailable      75  timeouts, resets, 5xx, HTML error pages
+    │   │   └── MalformedResponse    75  truncated JSON or a row that fails validation
+    │   ├── ArchiveUnavailable       75  an archive file is missing, corrupt or fails its checksum
+    │   ├── RateLimited              75  429 that did not clear (carries retry_after seconds)
+    │   ├── IPBanned                 75  418: banned until a known time (carries until_ms)
+    │   ├── StorageUnavailable       75  the database cannot be reached or went away
+    │   ├── BreakerOpen              75  a circuit breaker refuses calls until retry_at
+    │   ├── RunLocked                75  another run holds the lock for the same database or series
+    │   └── SeriesUnavailable        75  some series could not be fetched; the others were stored
+    └── Interrupted                 130  SIGINT or SIGTERM (143): the run stopped between writes
 
-Foreign exceptions (requests, SQLAlchemy, PyMySQL, pymongo, the breaker library) are translated
-where they are caught, always ``raise Ours(...) from exc``; the CLI turns classes into exit codes.
+Foreign exceptions (requests, SQLAlchemy, PyMySQL, psycopg, pymongo, the breaker library) are translated
+where they are caught, always ``raise Ours(...) from exc``; the CLI turns classes into exit codes with
+``exc.exit_code``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
 EXIT_TEMPFAIL = 75
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
 
 
 def format_utc(epoch_seconds: float) -> str:
@@ -56,6 +63,18 @@ class RequestRejected(BadInputError):
         self.status = status
 
 
+class SeriesRejected(BadInputError):
+    """The exchange refused some of the series of an ``extract``; every other series was stored."""
+
+    def __init__(self, rejected: dict[str, str]) -> None:
+        names = ", ".join(f"{series} ({reason})" for series, reason in rejected.items())
+        super().__init__(
+            f"{len(rejected)} series rejected by the exchange, the others stored: {names}; "
+            "fix or remove them in the configuration"
+        )
+        self.rejected = rejected
+
+
 class StorageError(ExtractorError):
     """The database refused the data itself: a bug or bad data, not an outage."""
 
@@ -72,6 +91,10 @@ class ExchangeUnavailable(TemporaryError):
 
 class MalformedResponse(ExchangeUnavailable):
     """The exchange answered with something that is not the documented shape."""
+
+
+class ArchiveUnavailable(TemporaryError):
+    """An archive file cannot be used: missing, corrupt, failing its checksum or holding a bad row."""
 
 
 class RateLimited(TemporaryError):
@@ -112,4 +135,38 @@ class BreakerOpen(TemporaryError):
 
 
 class RunLocked(TemporaryError):
-    """Another run holds the lock for this database."""
+    """Another run holds the lock for this database (or this shard, or this series)."""
+
+
+class SeriesUnavailable(TemporaryError):
+    """Some series of a run could not be fetched (their source failed); every other series was stored."""
+
+    def __init__(self, failed: dict[str, str]) -> None:
+        names = "; ".join(f"{series}: {reason}" for series, reason in failed.items())
+        super().__init__(
+            f"{len(failed)} series not fetched, the others stored: {names} — the next run retries them"
+        )
+        self.failed = failed
+
+
+class Interrupted(ExtractorError):
+    """SIGINT or SIGTERM: no request was sent after it and the write in progress committed or rolled back."""
+
+    exit_code = EXIT_SIGINT
+
+    def __init__(self, signal_name: str, exit_code: int, stored: int = 0) -> None:
+        super().__init__(signal_name, exit_code, stored)
+        self.signal_name = signal_name
+        self.exit_code = exit_code
+        self.stored = stored
+
+    def __str__(self) -> str:
+        return (
+            f"interrupted by {self.signal_name}: {plural(self.stored, 'candle')} stored in this run; "
+            "run the same command to resume"
+        )
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``1 candle``, ``2 candles``, ``1,000 requests``: counts as people write them."""
+    return f"{count:,} {noun if count == 1 else (nouns or noun + 's')}"

@@ -1,4 +1,4 @@
-"""Binance kline intervals: lengths, open-time alignment, and request windows.
+"""Binance kline intervals: lengths, open-time alignment, and tiling a range into windows.
 
 Candles up to ``1d`` open on multiples of their length since the epoch, ``1w`` on Mondays 00:00 UTC,
 ``1M`` on the first of each calendar month. ``3d`` has no anchor we may assume: its open times are
@@ -18,7 +18,6 @@ HOUR = 60 * MINUTE
 DAY = 24 * HOUR
 WEEK = 7 * DAY
 MONDAY_OFFSET = 4 * DAY  # 1970-01-01 was a Thursday; the first Monday is 4 days later
-PAGE_LIMIT = 1000
 
 _LENGTHS: dict[str, int] = {
     "1s": SECOND,
@@ -144,15 +143,19 @@ class Interval:
             return _month_index(end - 1) - _month_index(first) + 1
         return (end - 1 - first) // self.length_ms + 1
 
-    def windows(self, start: int, end: int, limit: int = PAGE_LIMIT) -> Iterator[tuple[int, int]]:
-        """Tile ``[start, end)`` into half-open request windows of at most ``limit`` candles.
+    def tiles(
+        self, start: int, end: int, candles: int, span_ms: int | None = None
+    ) -> Iterator[tuple[int, int]]:
+        """Tile ``[start, end)`` into half-open windows of at most ``candles`` candles (and ``span_ms``).
 
         Windows touch with no gap and no overlap; the first starts at ``start`` and the last ends at
         ``end`` so every open time in the range falls in exactly one window.
         """
         lo = start
         while lo < end:
-            hi = min(self.advance(self.ceil(lo), limit), end)
+            hi = min(self.advance(self.ceil(lo), candles), end)
+            if span_ms is not None:
+                hi = min(hi, lo + span_ms)
             yield lo, hi
             lo = hi
 

@@ -1,4 +1,8 @@
-"""Logging to stderr as text or JSON lines, UTC timestamps, secrets masked in every record."""
+"""Logging to stderr as text or JSON lines, UTC timestamps, every record passed through the one masker.
+
+The command's final line (an error, an interruption) is written here too, in the same format, so a
+``--log-format json`` run emits nothing but JSON lines on stderr.
+"""
 
 from __future__ import annotations
 
@@ -6,61 +10,104 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable
+from typing import Any, Protocol
 
-MASK = "***"
+Redact = Callable[[str], str]
 
 
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret replaced by ``***``."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, MASK)
-    return text
+class TextStream(Protocol):
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
 
 
 class _SecretFilter(logging.Filter):
-    def __init__(self, secrets: tuple[str, ...]) -> None:
+    def __init__(self, redact: Redact) -> None:
         super().__init__()
-        self.secrets = secrets
+        self.redact = redact
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            record.msg = redact(record.getMessage(), self.secrets)
-            record.args = None
-            if record.exc_info and record.exc_info[1] is not None:
-                record.exc_text = redact(logging.Formatter().formatException(record.exc_info), self.secrets)
-                record.exc_info = None
+        record.msg = self.redact(record.getMessage())
+        record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
         return True
 
 
+def _utc(created: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created * 1000) % 1000:03d}Z"
+
+
 class _TextFormatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
-        self.converter = time.gmtime
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{_utc(record.created)} {record.levelname} {record.name}: {record.getMessage()}"
+        return f"{line}\n{record.exc_text}" if record.exc_text else line
 
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+        entry: dict[str, Any] = {
+            "ts": _utc(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
         if record.exc_text:
             entry["exception"] = record.exc_text
+        exit_code = getattr(record, "exit_code", None)
+        if exit_code is not None:
+            entry["exit_code"] = exit_code
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure(log_format: str, level: str, secrets: tuple[str, ...]) -> None:
-    """Send the ``extractor`` and ``utils`` loggers to stderr in the chosen format."""
-    handler = logging.StreamHandler(sys.stderr)
+class _Stderr:
+    """stderr as it is when a record is written (a progress display may stand in for it)."""
+
+    def write(self, text: str) -> int:
+        return current_stream().write(text)
+
+    def flush(self) -> None:
+        current_stream().flush()
+
+
+_stream: list[TextStream] = []
+
+
+def current_stream() -> TextStream:
+    return _stream[-1] if _stream else sys.stderr
+
+
+def redirect(stream: TextStream | None) -> None:
+    """Write log lines to ``stream`` (a progress display's writer), or back to stderr with None."""
+    _stream.clear()
+    if stream is not None:
+        _stream.append(stream)
+
+
+def configure(log_format: str, level: str, redact: Redact) -> None:
+    """Send the ``extractor`` and ``utils`` loggers to stderr in the chosen format, masked."""
+    handler = logging.StreamHandler(_Stderr())
     handler.setFormatter(_JsonFormatter() if log_format == "json" else _TextFormatter())
-    handler.addFilter(_SecretFilter(secrets))
+    handler.addFilter(_SecretFilter(redact))
     for name in ("extractor", "utils"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(level)
         logger.propagate = False
+
+
+def final_line(message: str, *, log_format: str, exit_code: int, redact: Redact) -> str:
+    """The one line a failed or interrupted run ends with, in the run's log format."""
+    text = f"binance-extractor: {redact(message)}"
+    if log_format != "json":
+        return text
+    entry = {
+        "ts": _utc(time.time()),
+        "level": "ERROR",
+        "logger": "extractor",
+        "message": text,
+        "exit_code": exit_code,
+    }
+    return json.dumps(entry, ensure_ascii=False)

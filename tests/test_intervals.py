@@ -1,4 +1,4 @@
-"""Intervals: parsing, calendar alignment and request windows, checked against datetime arithmetic."""
+"""Intervals: parsing, calendar alignment and tiling a range into windows, checked against datetime."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from extractor.errors import BadInputError
-from extractor.intervals import INTERVAL_NAMES, PAGE_LIMIT, Interval
+from extractor.intervals import DAY, INTERVAL_NAMES, Interval
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MS = timedelta(milliseconds=1)
@@ -71,6 +71,8 @@ def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> int:
 
 FIRST_MS = at(1970, 1, 1)
 LAST_MS = at(2101, 1, 1)
+PAGE = 1000
+COINM_SPAN = 200 * DAY
 LANDMARKS = [
     at(1970, 1, 1),
     at(1970, 1, 5),  # the first Monday after the epoch
@@ -286,34 +288,41 @@ def test_count_equals_the_number_of_open_times(name: str, start: int, candles: i
     assert all(start <= t < end for t in opens)
 
 
-# -- windows --------------------------------------------------------------------------------------
+# -- tiles ----------------------------------------------------------------------------------------
 
 
 @st.composite
-def ranges(draw: st.DrawFn) -> tuple[str, int, int, int]:
-    """An interval, a limit and a range small enough in candles that stepping through it stays cheap."""
+def ranges(draw: st.DrawFn) -> tuple[str, int, int | None, int, int]:
+    """An interval, a candle count, an optional span and a range small enough to step through cheaply."""
     name = draw(names)
-    limit = draw(st.sampled_from([PAGE_LIMIT, PAGE_LIMIT, 1, 2, 7, 500]))
+    limit = draw(st.sampled_from([PAGE, PAGE, 499, 1500, 1, 2, 7, 500]))
+    span = draw(st.sampled_from([None, None, COINM_SPAN, DAY, 3 * DAY + 1]))
     start = draw(instants)
     if name in ("1M", "1w") and limit >= 7 and draw(st.booleans()):
-        return name, limit, start, draw(instants)
+        return name, limit, span, start, draw(instants)
     candles = draw(st.integers(0, 4 * limit) | st.integers(limit, 4 * limit))
-    return name, limit, start, start + candles * longest_ms(name) + draw(st.integers(0, longest_ms(name)))
+    end = start + candles * longest_ms(name) + draw(st.integers(0, longest_ms(name)))
+    if span is not None:
+        end = min(end, start + 40 * span)
+    return name, limit, span, start, end
 
 
 @settings(max_examples=1200, deadline=None)
 @given(ranges())
-@example(("1M", PAGE_LIMIT, FIRST_MS, LAST_MS))
-@example(("1M", 1, FIRST_MS, LAST_MS))
-@example(("1w", 1, FIRST_MS, LAST_MS))
-@example(("1w", PAGE_LIMIT, at(2024, 2, 29, 1), at(2100, 3, 1)))
-@example(("1d", PAGE_LIMIT, FIRST_MS, LAST_MS))
-@example(("3d", PAGE_LIMIT, FIRST_MS, LAST_MS))
-@example(("1s", PAGE_LIMIT, at(2024, 2, 29) - 1, at(2024, 2, 29) + 2_000_001))
-def test_windows_tile_the_range_with_no_gap_or_overlap(case: tuple[str, int, int, int]) -> None:
-    name, limit, start, end = case
+@example(("1M", PAGE, None, FIRST_MS, LAST_MS))
+@example(("1M", 1, None, FIRST_MS, LAST_MS))
+@example(("1w", 1, None, FIRST_MS, LAST_MS))
+@example(("1w", PAGE, None, at(2024, 2, 29, 1), at(2100, 3, 1)))
+@example(("1d", PAGE, None, FIRST_MS, LAST_MS))
+@example(("3d", PAGE, None, FIRST_MS, LAST_MS))
+@example(("1s", PAGE, None, at(2024, 2, 29) - 1, at(2024, 2, 29) + 2_000_001))
+@example(("1d", 1500, COINM_SPAN, at(2019, 8, 10, 3), at(2024, 6, 1)))
+@example(("1M", 1500, COINM_SPAN, at(2019, 8, 10), at(2024, 6, 1)))
+@example(("1m", 1500, COINM_SPAN, at(2024, 2, 29) - 1, at(2024, 3, 3)))
+def test_tiles_cover_the_range_with_no_gap_or_overlap(case: tuple[str, int, int | None, int, int]) -> None:
+    name, limit, span, start, end = case
     interval = Interval.parse(name)
-    windows = list(interval.windows(start, end, limit))
+    windows = list(interval.tiles(start, end, limit, span))
     if start >= end:
         assert windows == []
         return
@@ -324,21 +333,26 @@ def test_windows_tile_the_range_with_no_gap_or_overlap(case: tuple[str, int, int
     for index, (lo, hi) in enumerate(windows):
         assert lo < hi
         is_last = index == len(windows) - 1
+        full_span = span is not None and hi - lo == span
+        if span is not None:
+            assert hi - lo <= span, "a COIN-M page over 200 days is refused by the exchange"
         if name == "3d":
             # whatever phase the exchange uses, a span of limit * 3 days holds at most limit open times
             assert hi - lo <= limit * FIXED_LENGTHS["3d"]
-            assert is_last or hi - lo == limit * FIXED_LENGTHS["3d"]
+            assert is_last or full_span or hi - lo == limit * FIXED_LENGTHS["3d"]
         else:
             held = len(reference_open_times(name, lo, hi))
             assert held <= limit
-            assert is_last or held == limit, "a window short of the limit wastes a request"
-    assert sum(interval.count(lo, hi) for lo, hi in windows) == interval.count(start, end)
+            assert is_last or full_span or held == limit, "a window short of both limits wastes a request"
+    if name != "3d" or span is None or span % FIXED_LENGTHS["3d"] == 0:
+        # (3d counts from each window's own start, so only windows of whole 3d steps add up)
+        assert sum(interval.count(lo, hi) for lo, hi in windows) == interval.count(start, end)
 
 
-def test_windows_default_to_pages_of_a_thousand_candles() -> None:
+def test_tiles_of_a_thousand_hours() -> None:
     hour = Interval.parse("1h")
     start = at(2024, 1, 1)
-    assert list(hour.windows(start, start + 2500 * 3_600_000)) == [
+    assert list(hour.tiles(start, start + 2500 * 3_600_000, PAGE)) == [
         (start, start + 1000 * 3_600_000),
         (start + 1000 * 3_600_000, start + 2000 * 3_600_000),
         (start + 2000 * 3_600_000, start + 2500 * 3_600_000),
@@ -348,6 +362,29 @@ def test_windows_default_to_pages_of_a_thousand_candles() -> None:
 def test_an_unaligned_start_keeps_its_window_edge_and_a_full_page() -> None:
     month = Interval.parse("1M")
     start = at(2024, 2, 29, 12)
-    first, second = list(month.windows(start, at(2200, 1, 1)))[:2]
+    first, second = list(month.tiles(start, at(2200, 1, 1), PAGE))[:2]
     assert first == (start, at(2107, 7, 1))  # March 2024 plus 999 months
     assert second[0] == first[1]
+
+
+def test_a_span_caps_daily_windows_at_200_days_as_coin_m_needs() -> None:
+    day = Interval.parse("1d")
+    start = at(2020, 1, 1)
+    end = start + 499 * DAY
+    assert list(day.tiles(start, end, 499, COINM_SPAN)) == [
+        (start, start + 200 * DAY),
+        (start + 200 * DAY, start + 400 * DAY),
+        (start + 400 * DAY, end),
+    ]
+    # a minute page holds 499 candles long before 200 days: the span does not shorten it
+    minute = Interval.parse("1m")
+    assert list(minute.tiles(start, start + 600 * 60_000, 499, COINM_SPAN)) == [
+        (start, start + 499 * 60_000),
+        (start + 499 * 60_000, start + 600 * 60_000),
+    ]
+
+
+def test_an_empty_or_reversed_range_has_no_tiles() -> None:
+    minute = Interval.parse("1m")
+    assert list(minute.tiles(at(2024, 1, 1), at(2024, 1, 1), PAGE)) == []
+    assert list(minute.tiles(at(2024, 1, 2), at(2024, 1, 1), PAGE, COINM_SPAN)) == []

@@ -9,7 +9,12 @@ import time
 
 from tests.bench.common import BenchRow, format_table
 
-MODULES = ("tests.bench.bench_pipeline", "tests.bench.bench_breaker")
+MODULES = (
+    "tests.bench.bench_pipeline",
+    "tests.bench.bench_breaker",
+    "tests.bench.bench_fake",
+    "tests.bench.bench_fleet",
+)
 
 
 def main(argv: list[str]) -> int:
