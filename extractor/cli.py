@@ -89,7 +89,7 @@ def global_options(func: F) -> F:
             "--db",
             "db_url",
             metavar="URL",
-            help="sqlite:///file.db, mysql+pymysql://…, mongodb://… [env DATABASE_URL; default sqlite:///klines.db]",
+            help="sqlite:///file.db, mysql+pymysql://…, postgresql+psycopg://…, mongodb://… [env DATABASE_URL; default sqlite:///klines.db]",
         ),
         click.option(
             "--base-url",
@@ -554,6 +554,4 @@ def main() -> None:
         sys.stderr.flush()
         gc.freeze()
     # Worker threads still waiting on the network are abandoned, not waited for.
-    if os.environ.get("BX_PROFILE"):
-        sys.exit(code)
     os._exit(code if isinstance(code, int) else EXIT_FAILURE)

@@ -105,7 +105,7 @@ class Settings:
     attempts: int = 10
     backoff: float = 0.5
     retry_budget: float = 30.0
-    source: str = "rest"
+    source: str = "auto"
     shard: Shard | None = None
     source_address: str | None = None
     breaker_environ: Mapping[str, str] = field(default_factory=dict)
