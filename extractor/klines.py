@@ -152,7 +152,7 @@ def _scale(column: tuple[str, ...]) -> int | None:
 
 def _ordered(low: tuple[str, ...], high: tuple[str, ...]) -> bool:
     """Every ``low[i] <= high[i]``, for decimals of one scale without leading zeros (see is_sane)."""
-    return all(map(operator.le, zip(map(len, low), low), zip(map(len, high), high)))
+    return all(map(operator.le, zip(map(len, low), low, strict=True), zip(map(len, high), high, strict=True)))
 
 
 def _from_columns(series: Series, columns: list[tuple[Any, ...]], start: int, end: int) -> list[Kline] | None:
@@ -197,7 +197,9 @@ def _from_columns(series: Series, columns: list[tuple[Any, ...]], start: int, en
     market, symbol, name = repeat(series.market.name), repeat(series.symbol), repeat(interval.name)
     return list(
         map(
-            _new_kline, repeat(Kline), zip(market, symbol, name, ot, o, h, lo, c, v, ct, qv, trades, tbv, tqv)
+            _new_kline,
+            repeat(Kline),
+            zip(market, symbol, name, ot, o, h, lo, c, v, ct, qv, trades, tbv, tqv, strict=False),
         )
     )
 

@@ -644,7 +644,9 @@ def one_scale_pages(draw: st.DrawFn) -> tuple[Series, int, int, list[Row]]:
 
 @settings(max_examples=500, deadline=None)
 @given(one_scale_pages())
-def test_the_column_check_never_accepts_what_the_row_check_refuses(page: tuple[Series, int, int, list[Row]]) -> None:
+def test_the_column_check_never_accepts_what_the_row_check_refuses(
+    page: tuple[Series, int, int, list[Row]],
+) -> None:
     from extractor.klines import _from_columns, _row_by_row
 
     series, start, end, rows = page

@@ -27,7 +27,8 @@ def _check(spec: SeriesSpec) -> None:
     for interval in spec.intervals:
         if not spec.market.supports(interval.name):
             raise BadInputError(
-                f"{spec.market.title} has no {interval.name} klines; intervals there: {' '.join(spec.market.intervals)}"
+                f"{spec.market.title} has no {interval.name} klines;"
+                f" intervals there: {' '.join(spec.market.intervals)}"
             )
 
 

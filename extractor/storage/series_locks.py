@@ -90,7 +90,8 @@ def postgres_locks(engine: Engine, database: str, series: Sequence[Series]) -> I
         keys = [_digest(series_key(database, one), 8) >> 1 for one in series]
         if keys:
             rows = conn.exec_driver_sql(
-                "SELECT k, pg_try_advisory_lock(k) FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(k, n) ORDER BY n",
+                "SELECT k, pg_try_advisory_lock(k)"
+                " FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(k, n) ORDER BY n",
                 (keys,),
             ).all()
             for one, (_, taken) in zip(series, rows, strict=True):
