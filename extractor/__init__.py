@@ -1,3 +1,3 @@
-"""binance-extractor: copy Binance spot klines into a database, exactly once."""
+"""binance-extractor: copy Binance klines (spot, USD-M and COIN-M futures) into a database, exactly once."""
 
 __version__ = "0.1.0"

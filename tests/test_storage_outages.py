@@ -281,6 +281,8 @@ def test_the_monitoring_queries_run_verbatim(
     events_sql: str,
     rates_sql: str,
 ) -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert events_sql in readme and rates_sql in readme, "the README's monitoring queries changed"
     url, proxy = proxied(request, tcp_proxy_factory, backend)
     direct = cast(str, request.getfixturevalue(f"fresh_{backend}_url"))
     clock = FakeClock()
