@@ -14,7 +14,7 @@ from extractor.lifecycle import RunStop
 from extractor.pipeline import commands
 from extractor.storage import open_store
 from tests.fake_exchange import FakeExchange
-from tests.reliability_helpers import rest_source, series, stored_rows
+from tests.pipeline_helpers import rest_source, series, stored_rows
 
 START, END = 1_704_067_200_000, 1_704_067_200_000 + 2 * 86_400_000
 
@@ -23,10 +23,17 @@ def test_extract_skips_a_series_another_run_is_writing_and_stores_the_others(
     tmp_path: Path, fake_exchange: FakeExchange
 ) -> None:
     url = f"sqlite:///{tmp_path / 'klines.db'}"
-    env = {"EXTRACTOR_STATE_DIR": str(tmp_path / "state"), "DATABASE_URL": url, "BINANCE_API_URL": fake_exchange.url}
+    env = {
+        "EXTRACTOR_STATE_DIR": str(tmp_path / "state"),
+        "DATABASE_URL": url,
+        "BINANCE_API_URL": fake_exchange.url,
+        "BINANCE_ARCHIVE_URL": fake_exchange.archive_url,  # extract reads no archive; never the real one
+    }
 
     with open_store(url) as other_run, other_run.lock_series([series("ETHUSDT")]):
-        result = CliRunner().invoke(cli, ["-v", "extract", "-s", "ETHUSDT,BNBUSDT", "-i", "1m", "--lookback", "2h"], env=env)
+        result = CliRunner().invoke(
+            cli, ["-v", "extract", "-s", "ETHUSDT,BNBUSDT", "-i", "1m", "--lookback", "2h"], env=env
+        )
 
     assert result.exit_code == 0, result.output
     assert "spot ETHUSDT 1m: another run is writing it; skipped" in result.stderr
@@ -66,6 +73,8 @@ def test_backfill_waits_for_a_series_another_run_is_writing_then_stores_it(
     other_run.close()
 
     assert stop.waits == 1
-    assert [r.getMessage() for r in caplog.records] == ["waiting for another run to finish writing spot BTCUSDT 1m"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "waiting for another run to finish writing spot BTCUSDT 1m"
+    ]
     assert result.written == 2_880
     assert stored_rows(url, series(), START, END) == fake_exchange.rows("BTCUSDT", "1m", START, END)
