@@ -14,6 +14,7 @@ MODULES = (
     "tests.bench.bench_breaker",
     "tests.bench.bench_fake",
     "tests.bench.bench_fleet",
+    "tests.bench.bench_shared_ip",
 )
 
 
