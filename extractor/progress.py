@@ -55,6 +55,12 @@ class ProgressDisplay:
     def expect(self, series: Series, candles: int, files: int) -> None:
         """``series`` starts: ``candles`` planned, ``files`` of them from the archive."""
         with self._lock:
+            bar = self._bars.get(series)
+            if bar is not None:  # planned again (the range after the settled head): same bar, new total
+                self._files[series][1] += files
+                bar.total = max(candles, 1)
+                bar.refresh()
+                return
             for bar in self._bars.values():
                 bar.refresh()
             self._files[series] = [0, files]

@@ -1,124 +1,26 @@
-"""Every command, option and error path of the CLI through CliRunner, against the fake exchange.
+"""The CLI's commands for fetching (backfill, extract), its help and its logging, through CliRunner.
 
-Each invocation gets its own state directory, SQLite file and exchange URL; exit codes and the exact
-lines a user reads are asserted, and stored candles are compared field by field with the exchange's.
+Each invocation gets its own state directory, SQLite file and exchange (REST and archive, see
+``tests/cli_harness.py``); exit codes and the exact lines a user reads are asserted, and stored candles
+are compared field by field with the exchange's. gaps and status are in ``test_cli_audit.py``; breakers,
+check, exit codes and bad environments in ``test_cli_ops.py``.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
-import shlex
 import sqlite3
-from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from extractor.cli import cli
-from extractor.intervals import Interval
-from extractor.klines import to_row
-from extractor.storage import open_store
-from tests.fake_exchange import FakeExchange, ManualClock
+from tests.cli_harness import DAY, Extractor, ms
+from tests.fake_exchange import ManualClock
 from tests.services import free_port
 
-KLINES = "/api/v3/klines"
-DAY = 86_400_000
 JUNE_1 = "2023-06-01T00:00:00Z..2023-06-02T00:00:00Z"
-_OUR_PREFIXES = ("EXTRACTOR_", "CIRCUIT_BREAKER_", "LOG_", "BINANCE_", "DATABASE_URL")
-
-
-def ms(text: str) -> int:
-    """A UTC ISO time as epoch ms."""
-    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
-
-
-class Extractor:
-    """The CLI bound to one exchange, one SQLite file and one state directory, nothing from the shell.
-
-    One attempt per request and no backoff, so the failure paths answer at once.
-    """
-
-    def __init__(self, exchange: FakeExchange, folder: Path) -> None:
-        self.exchange = exchange
-        self.db_path = folder / "klines.db"
-        self.db_url = f"sqlite:///{self.db_path}"
-        self.env: dict[str, str | None] = {
-            name: None for name in os.environ if name.startswith(_OUR_PREFIXES)
-        }
-        self.env.update(
-            EXTRACTOR_STATE_DIR=str(folder / "state"),
-            DATABASE_URL=self.db_url,
-            BINANCE_API_URL=exchange.url,
-            EXTRACTOR_ATTEMPTS="1",
-            EXTRACTOR_BACKOFF="0",
-        )
-
-    def __call__(self, command: str, *more_args: str, **env: str | None) -> Result:
-        """Run ``binance-extractor <command> <more_args>``, with ``env`` over the test's environment."""
-        args = [*shlex.split(command), *more_args]
-        return CliRunner().invoke(cli, args, env={**self.env, **env}, prog_name="binance-extractor")
-
-    def klines_requests(self) -> int:
-        return self.exchange.request_counts[KLINES]
-
-    def stored(self, symbol: str, interval: str, start: int, end: int) -> list[list[Any]]:
-        """Stored candles in the exchange's wire format."""
-        with open_store(self.db_url) as store:
-            return [to_row(k) for k in store.read(symbol, Interval.parse(interval), start, end)]
-
-    def assert_matches_exchange(self, symbol: str, interval: str, start: int, end: int) -> None:
-        want = self.exchange.rows(symbol, interval, start, end)
-        assert want, "the comparison needs candles"
-        assert self.stored(symbol, interval, start, end) == want
-
-    def delete(self, symbol: str, interval: str, start: int, end: int) -> None:
-        with sqlite3.connect(self.db_path) as conn:
-            conn.execute(
-                "DELETE FROM klines WHERE symbol = ? AND interval = ? AND open_time >= ? AND open_time < ?",
-                (symbol, interval, start, end),
-            )
-
-
-@pytest.fixture(autouse=True)
-def restore_loggers() -> Iterator[None]:
-    """The CLI points our loggers at CliRunner's stderr; give later tests the loggers they had."""
-    saved = {
-        name: (logger.handlers[:], logger.level, logger.propagate)
-        for name in ("extractor", "utils")
-        for logger in [logging.getLogger(name)]
-    }
-    yield
-    for name, (handlers, level, propagate) in saved.items():
-        logger = logging.getLogger(name)
-        logger.handlers[:] = handlers
-        logger.setLevel(level)
-        logger.propagate = propagate
-
-
-@pytest.fixture
-def run(fake_exchange: FakeExchange, tmp_path: Path) -> Extractor:
-    return Extractor(fake_exchange, tmp_path)
-
-
-# 2024-01-10T12:00:30Z: half a minute into a candle, so a few ms of drift never closes one more.
-FROZEN_AT = ms("2024-01-10T12:00:30") / 1000
-
-
-@pytest.fixture
-def frozen_clock() -> ManualClock:
-    return ManualClock(FROZEN_AT)
-
-
-@pytest.fixture
-def frozen(frozen_clock: ManualClock, tmp_path: Path) -> Iterator[Extractor]:
-    """The CLI against an exchange whose clock stands still until the test advances it."""
-    with FakeExchange(clock=frozen_clock) as exchange:
-        yield Extractor(exchange, tmp_path)
+COMMANDS = ("backfill", "extract", "status", "gaps", "breakers", "check")
 
 
 # ---------------------------------------------------------------------------------------------- help
@@ -131,9 +33,10 @@ def test_group_help_lists_the_global_flags_and_every_command(run: Extractor) -> 
         assert flag in result.stdout
     for flag in ("-q, --quiet", "--version", "-h, --help"):
         assert flag in result.stdout
-    for command in ("backfill", "extract", "gaps", "breakers", "check"):
+    for command in COMMANDS:
         assert f"  {command} " in result.stdout
-    assert "75 temporary failure" in result.stdout
+    for code in ("0 done", "1 unexpected failure", "2 bad input", "75 temporary failure", "130/143 interrupted"):
+        assert code in " ".join(result.stdout.split())
 
 
 @pytest.mark.parametrize(
@@ -143,14 +46,17 @@ def test_group_help_lists_the_global_flags_and_every_command(run: Extractor) -> 
             "backfill",
             ["-s, --symbol SYM", "-i, --interval INT", "--start WHEN", "--end WHEN", "--concurrency N"],
         ),
-        ("backfill", ["--progress / --no-progress"]),
-        ("extract", ["-s, --symbol SYM", "-i, --interval INT", "--lookback DURATION"]),
+        ("backfill", ["--market [spot|usdm|coinm]", "--source [auto|rest|archive]", "--archive-url URL"]),
+        ("backfill", ["--progress / --no-progress", "--shard K/N"]),
+        ("extract", ["-s, --symbol SYM", "-i, --interval INT", "--lookback DURATION", "--quote ASSET"]),
+        ("status", ["-s, --symbol SYM", "-i, --interval INT", "--shard K/N", "--json"]),
         (
             "gaps",
             ["-s, --symbol SYM", "-i, --interval INT", "--start WHEN", "--end WHEN", "--repair", "--json"],
         ),
+        ("gaps", ["--recheck"]),
         ("breakers", ["[status|reset]", "--json"]),
-        ("check", ["-h, --help"]),
+        ("check", ["-s, --symbol SYM", "--market [spot|usdm|coinm]"]),
     ],
 )
 def test_command_help_lists_the_documented_flags(run: Extractor, command: str, flags: list[str]) -> None:
@@ -161,6 +67,50 @@ def test_command_help_lists_the_documented_flags(run: Extractor, command: str, f
         assert flag in result.stdout
 
 
+@pytest.mark.parametrize("command", ["", *COMMANDS])
+def test_every_help_ends_with_two_or_three_examples_of_that_command(run: Extractor, command: str) -> None:
+    result = run(f"{command} --help")
+    assert result.exit_code == 0, result.output
+    head, _, examples = result.stdout.partition("\n  Examples:\n\n")
+    assert examples, "no Examples section"
+    assert "Options:" in head, "the examples come last, after the options"
+    lines = examples.rstrip("\n").split("\n")
+    assert 2 <= len(lines) <= 3, lines
+    for line in lines:
+        words = line.split()
+        program = next(i for i, word in enumerate(words) if "=" not in word)  # after VAR=value prefixes
+        assert words[program] == "binance-extractor", line
+        if command:
+            assert command in words[program + 1 :], line
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_accepts_the_global_options_after_its_name(run: Extractor, command: str) -> None:
+    result = run(f"{command} --db sqlite:///x.db --base-url {run.exchange.url} --config c.toml --log-format json -v -q -h")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"Usage: binance-extractor {command} ")
+
+
+def test_global_options_after_the_command_take_effect_and_win_over_those_before(
+    frozen: Extractor, tmp_path: Path
+) -> None:
+    before, after = tmp_path / "before.db", tmp_path / "after.db"
+    result = frozen(
+        f"--db sqlite:///{before} --log-format text extract -s ETHUSDT -i 1h --lookback 3h",
+        f"--db=sqlite:///{after}",
+        "--log-format",
+        "json",
+        "-v",
+    )
+    assert result.exit_code == 0, result.output
+    assert not before.exists()
+    with sqlite3.connect(after) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM klines").fetchone() == (2,)  # 10:00 and 11:00
+    assert [json.loads(line)["message"] for line in result.stderr.splitlines()] == [
+        "spot ETHUSDT 1h 2024-01-10T10:00:00Z..2024-01-10T12:00:00Z: 2 candles written, 1 request"
+    ]
+
+
 # ---------------------------------------------------------------------------------------------- backfill
 
 
@@ -168,30 +118,52 @@ def test_backfill_stores_every_candle_of_1m_1h_1w_1M_exactly_as_the_exchange_ser
     run: Extractor,
 ) -> None:
     start, end = ms("2023-06-01"), ms("2023-06-03T12:00")
-    result = run("backfill -s BTCUSDT,ETHUSDT -i 1m -i 1h --start 2023-06-01 --end 2023-06-03T12:00")
+    result = run(
+        "backfill -s BTCUSDT,ETHUSDT -i 1m -i 1h --start 2023-06-01 --end 2023-06-03T12:00 --source rest"
+    )
     assert result.exit_code == 0, result.output
     span = "2023-06-01T00:00:00Z..2023-06-03T12:00:00Z"
-    assert result.stdout.splitlines() == [
-        f"BTCUSDT 1m {span}: 3,600 candles written, 4 requests",
-        f"BTCUSDT 1h {span}: 60 candles written, 1 requests",
-        f"ETHUSDT 1m {span}: 3,600 candles written, 4 requests",
-        f"ETHUSDT 1h {span}: 60 candles written, 1 requests",
+    assert result.stdout.splitlines() == [  # 1,000 candles a page
+        f"spot BTCUSDT 1m {span}: 3,600 candles written, 4 requests",
+        f"spot BTCUSDT 1h {span}: 60 candles written, 1 request",
+        f"spot ETHUSDT 1m {span}: 3,600 candles written, 4 requests",
+        f"spot ETHUSDT 1h {span}: 60 candles written, 1 request",
     ]
     for symbol in ("BTCUSDT", "ETHUSDT"):
         for interval in ("1m", "1h"):
             run.assert_matches_exchange(symbol, interval, start, end)
 
     start, end = ms("2022-11-20"), ms("2023-07-15")
-    result = run("backfill -s ETHUSDT -i 1w,1M --start 2022-11-20 --end 2023-07-15")
+    result = run("backfill -s ETHUSDT -i 1w,1M --start 2022-11-20 --end 2023-07-15 --source rest")
     assert result.exit_code == 0, result.output
     span = "2022-11-20T00:00:00Z..2023-07-15T00:00:00Z"
     assert result.stdout.splitlines() == [
-        f"ETHUSDT 1w {span}: 34 candles written, 1 requests",
-        f"ETHUSDT 1M {span}: 8 candles written, 1 requests",
+        f"spot ETHUSDT 1w {span}: 34 candles written, 1 request",
+        f"spot ETHUSDT 1M {span}: 8 candles written, 1 request",
     ]
     run.assert_matches_exchange("ETHUSDT", "1w", start, end)
     run.assert_matches_exchange("ETHUSDT", "1M", start, end)
     assert run.stored("ETHUSDT", "1M", start, end)[0][0] == ms("2022-12-01")
+
+
+def test_backfill_by_default_takes_closed_days_from_archive_files_and_the_rest_from_rest(
+    run: Extractor,
+) -> None:
+    result = run("backfill -s BTCUSDT -i 1m --start 2023-06-01 --end 2023-06-03T12:00")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        "spot BTCUSDT 1m 2023-06-01T00:00:00Z..2023-06-03T12:00:00Z: "
+        "3,600 candles written, 2,880 from 2 archive files, 1 request\n"
+    )
+    assert result.stderr == ""
+    # The half day of 06-03, and the listing probe (not counted in the line: it found a candle at --start).
+    assert run.klines_requests() == 2
+    assert sorted(run.exchange.archive_counts) == [
+        f"/data/spot/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2023-06-0{day}.zip{checksum}"
+        for day in (1, 2)
+        for checksum in ("", ".CHECKSUM")
+    ]
+    run.assert_matches_exchange("BTCUSDT", "1m", ms("2023-06-01"), ms("2023-06-03T12:00"))
 
 
 @pytest.mark.parametrize(
@@ -201,13 +173,27 @@ def test_backfill_stores_every_candle_of_1m_1h_1w_1M_exactly_as_the_exchange_ser
         ("2023-06-01T00:00", "2023-06-02T00:00:00"),
         ("2023-06-01T02:00+02:00", "2023-06-01T19:00-05:00"),
         ("2023-06-01T00:00:00Z", "2023-06-02T00:00:00Z"),
-        ("1685577600000", "1685664000000"),
+        ("1685577600000", "1685664000000"),  # epoch milliseconds: 13 digits
+        ("1685577600", "1685664000"),  # epoch seconds: 10 digits
+        ("1685577600000000", "1685664000000000"),  # epoch microseconds: 16 digits
+        ("1685577600", "1685664000000000"),
     ],
 )
 def test_backfill_reads_every_when_form_as_utc(run: Extractor, start: str, end: str) -> None:
     result = run("backfill -s ETHUSDT -i 1h --start", start, "--end", end)
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"ETHUSDT 1h {JUNE_1}: 24 candles written, 1 requests\n"
+    assert result.stdout == f"spot ETHUSDT 1h {JUNE_1}: 24 candles written, 24 from 1 archive file, 0 requests\n"
+
+
+@pytest.mark.parametrize("when", ["168557760", "16855776000", "168557760000000", "16855776000000000"])
+def test_backfill_refuses_an_epoch_of_another_length_naming_the_rule(run: Extractor, when: str) -> None:
+    result = run("backfill -s ETHUSDT -i 1h --start", when)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"binance-extractor: error: invalid --start '{when}': "
+        "an epoch time has 10 digits (seconds), 13 (milliseconds) or 16 (microseconds)\n"
+    )
+    assert run.requests() == 0
 
 
 def test_backfill_start_as_a_duration_ago_fetches_up_to_now(run: Extractor) -> None:
@@ -216,7 +202,9 @@ def test_backfill_start_as_a_duration_ago_fetches_up_to_now(run: Extractor) -> N
     after = run.exchange.now_ms()
     assert result.exit_code == 0, result.output
     head, _, tail = result.stdout.partition(": ")
-    first, last = (ms(t.rstrip("Z")) for t in head.split(" ")[2].split(".."))
+    market, symbol, interval, span = head.split(" ")
+    assert (market, symbol, interval) == ("spot", "ETHUSDT", "1d")
+    first, last = (ms(t.rstrip("Z")) for t in span.split(".."))
     assert before // 1000 * 1000 - 90 * DAY <= first <= after - 90 * DAY  # shown to the second
     assert last in (before - before % DAY, after - after % DAY)  # up to the candle still forming
     written = int(tail.split(" ")[0])
@@ -234,22 +222,35 @@ def test_backfill_symbols_and_intervals_repeat_and_take_comma_lists_in_order_wit
     )
     assert result.exit_code == 0, result.output
     series = [line.split(" 2023-")[0] for line in result.stdout.splitlines()]
-    assert series == ["BTCUSDT 1d", "BTCUSDT 12h", "ETHUSDT 1d", "ETHUSDT 12h", "BNBUSDT 1d", "BNBUSDT 12h"]
+    assert series == [
+        f"spot {symbol} {interval}" for symbol in ("BTCUSDT", "ETHUSDT", "BNBUSDT") for interval in ("1d", "12h")
+    ]
     run.assert_matches_exchange("BNBUSDT", "12h", ms("2023-06-01"), ms("2023-06-03"))
 
 
-def test_backfill_progress_line_only_when_asked(run: Extractor) -> None:
+def test_backfill_progress_bars_only_when_asked(run: Extractor) -> None:
     shown = run("backfill -s ETHUSDT -i 1m --start 2023-06-01 --end 2023-06-02 --progress")
     assert shown.exit_code == 0, shown.output
-    assert "1,440/1,440 candles" in shown.stderr
-    assert "/s" in shown.stderr
-    assert shown.stdout.startswith("ETHUSDT 1m ")
+    final = shown.stderr.split("\r")[-1]  # tqdm redraws the bar in place
+    assert final.startswith("spot ETHUSDT 1m 100%|")
+    assert "1.44k/1.44k candles" in final
+    assert "candles/s]" in final
+    assert "files 1/1" in final
+    assert shown.stdout.startswith("spot ETHUSDT 1m ")
 
     for flag in ("--no-progress", ""):  # stderr is not a terminal under CliRunner
         quiet = run(f"backfill -s ETHUSDT -i 1m --start 2023-06-02 --end 2023-06-03 {flag}")
         assert quiet.exit_code == 0, quiet.output
         assert quiet.stderr == ""
-        assert quiet.stdout.startswith("ETHUSDT 1m ")
+        assert quiet.stdout.startswith("spot ETHUSDT 1m ")
+
+
+def test_backfill_progress_over_rest_counts_every_candle_of_the_series(run: Extractor) -> None:
+    shown = run("backfill -s ETHUSDT -i 1m --start 2023-06-01 --end 2023-06-02T12:00 --progress --source rest")
+    assert shown.exit_code == 0, shown.output
+    final = shown.stderr.split("\r")[-1]
+    assert final.startswith("spot ETHUSDT 1m 100%|")
+    assert "2.16k/2.16k candles" in final
 
 
 def test_backfill_quiet_prints_nothing_but_still_stores(run: Extractor) -> None:
@@ -259,22 +260,39 @@ def test_backfill_quiet_prints_nothing_but_still_stores(run: Extractor) -> None:
     run.assert_matches_exchange("LUNAUSDT", "1h", ms("2023-06-01"), ms("2023-06-02"))
 
 
-@pytest.mark.parametrize(
-    "concurrency",
-    [
-        "0",
-        "65",
-        "-1",
-    ],
-)
-def test_backfill_concurrency_out_of_bounds_is_bad_input(run: Extractor, concurrency: str) -> None:
+@pytest.mark.parametrize("concurrency", ["0", "65", "-1", "2.9", "true", "many"])
+def test_backfill_concurrency_out_of_bounds_or_not_whole_is_bad_input(run: Extractor, concurrency: str) -> None:
     result = run("backfill -s ETHUSDT -i 1h --start 2023-06-01 --end 2023-06-02 --concurrency", concurrency)
     assert result.exit_code == 2
     assert result.stderr == (
-        "binance-extractor: error: invalid concurrency (--concurrency / EXTRACTOR_CONCURRENCY) "
-        f"{concurrency}: expected 1 to 64\n"
+        f"binance-extractor: error: invalid concurrency (--concurrency) '{concurrency}': "
+        "expected a whole number from 1 to 64\n"
     )
-    assert sum(run.exchange.request_counts.values()) == 0
+    assert run.requests() == 0
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "shown"),
+    [
+        ("config", "2.9", "2.9"),
+        ("config", "true", "True"),
+        ("env", "2.9", "'2.9'"),
+        ("env", "true", "'true'"),
+    ],
+)
+def test_concurrency_from_the_config_or_environment_must_be_a_whole_number(
+    run: Extractor, tmp_path: Path, where: str, value: str, shown: str
+) -> None:
+    config = tmp_path / "extractor.toml"
+    config.write_text(f"concurrency = {value}\n")
+    env = {"EXTRACTOR_CONFIG": str(config)} if where == "config" else {"EXTRACTOR_CONCURRENCY": value}
+    culprit = f"concurrency in {config}" if where == "config" else "EXTRACTOR_CONCURRENCY"
+    result = run("backfill -s ETHUSDT -i 1h --start 2023-06-01 --end 2023-06-02", **env)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"binance-extractor: error: invalid concurrency ({culprit}) {shown}: expected a whole number from 1 to 64\n"
+    )
+    assert run.requests() == 0
 
 
 def test_backfill_concurrency_within_bounds_gives_the_same_candles(run: Extractor) -> None:
@@ -320,29 +338,31 @@ def test_backfill_without_start_is_a_usage_error(run: Extractor) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ("-i 1h", "no symbols: give -s/--symbol or set EXTRACTOR_SYMBOLS"),
+        ("-i 1h", "no symbols: give -s/--symbol (or -s ALL) or set EXTRACTOR_SYMBOLS"),
         ("-s ETHUSDT", "no intervals: give -i/--interval or set EXTRACTOR_INTERVALS"),
-        ("-s ' , ' -i 1h", "no symbols: give -s/--symbol or set EXTRACTOR_SYMBOLS"),
+        ("-s ' , ' -i 1h", "no symbols: give -s/--symbol (or -s ALL) or set EXTRACTOR_SYMBOLS"),
     ],
 )
 def test_backfill_without_series_is_bad_input(run: Extractor, args: str, message: str) -> None:
     result = run(f"backfill {args} --start 2023-06-01")
     assert result.exit_code == 2
     assert result.stderr == f"binance-extractor: error: {message}\n"
-    assert sum(run.exchange.request_counts.values()) == 0
+    assert run.requests() == 0
 
 
-def test_backfill_rerun_of_a_finished_range_sends_no_klines_request(run: Extractor) -> None:
+def test_backfill_rerun_of_a_finished_range_sends_no_klines_request_and_downloads_no_file(
+    run: Extractor,
+) -> None:
     command = "backfill -s BTCUSDT -i 1m,1h --start 2023-06-01 --end 2023-06-03T12:00"
     assert run(command).exit_code == 0
-    before = run.klines_requests()
+    klines, files = run.klines_requests(), run.archive_requests()
     again = run(command)
     assert again.exit_code == 0, again.output
-    assert run.klines_requests() == before
+    assert (run.klines_requests(), run.archive_requests()) == (klines, files)
     span = "2023-06-01T00:00:00Z..2023-06-03T12:00:00Z"
     assert again.stdout.splitlines() == [
-        f"BTCUSDT 1m {span}: 0 candles written, 3,600 already stored, 0 requests",
-        f"BTCUSDT 1h {span}: 0 candles written, 60 already stored, 0 requests",
+        f"spot BTCUSDT 1m {span}: 0 candles written, 3,600 already stored, 0 requests",
+        f"spot BTCUSDT 1h {span}: 0 candles written, 60 already stored, 0 requests",
     ]
 
 
@@ -351,9 +371,10 @@ def test_backfill_around_an_exchange_outage_stores_both_sides_and_reruns_ask_not
     command = "backfill -s BTCUSDT -i 1m --start 2023-03-24T12:00 --end 2023-03-24T15:00"
     result = run(command)
     assert result.exit_code == 0, result.output
+    # The page, and a second request aimed at the outage alone that confirms it empty.
     assert result.stdout == (
-        "BTCUSDT 1m 2023-03-24T12:00:00Z..2023-03-24T15:00:00Z: "
-        "100 candles written, 80 absent on the exchange, 1 requests\n"
+        "spot BTCUSDT 1m 2023-03-24T12:00:00Z..2023-03-24T15:00:00Z: "
+        "100 candles written, 80 absent on the exchange, 2 requests\n"
     )
     run.assert_matches_exchange("BTCUSDT", "1m", start, end)
     stored_times = [row[0] for row in run.stored("BTCUSDT", "1m", start, end)]
@@ -369,30 +390,34 @@ def test_backfill_around_an_exchange_outage_stores_both_sides_and_reruns_ask_not
 def test_backfill_from_before_the_listing_stores_from_the_first_candle_and_reruns_ask_nothing(
     run: Extractor,
 ) -> None:
-    command = "backfill -s BNBUSDT -i 1d,1h --start 2017-11-01 --end 2017-11-08"
+    command = "backfill -s BNBUSDT -i 1d,1h --start 2017-11-01 --end 2017-11-08 --source rest"
     result = run(command)
     assert result.exit_code == 0, result.output
     span = "2017-11-01T00:00:00Z..2017-11-08T00:00:00Z"
+    # One request finds the first candle, a second confirms nothing is before it, a third is the page.
     assert result.stdout.splitlines() == [
-        f"BNBUSDT 1d {span}: 2 candles written, 5 absent on the exchange, 1 requests",
-        f"BNBUSDT 1h {span}: 45 candles written, 123 absent on the exchange, 1 requests",
+        f"spot BNBUSDT 1d {span}: 2 candles written, 5 absent on the exchange, 3 requests",
+        f"spot BNBUSDT 1h {span}: 45 candles written, 123 absent on the exchange, 3 requests",
     ]
+    assert run.klines_requests() == 6
     run.assert_matches_exchange("BNBUSDT", "1h", ms("2017-11-01"), ms("2017-11-08"))
     assert run.stored("BNBUSDT", "1h", 0, ms("2017-11-08"))[0][0] == ms("2017-11-06T03:00")
 
     before = run.klines_requests()
-    assert run(command).exit_code == 0
+    for source in ("rest", "auto"):
+        assert run(command.replace("rest", source)).exit_code == 0
     assert run.klines_requests() == before
+    assert run.archive_requests() == 0
 
 
 def test_backfill_of_a_symbol_on_break_warns_and_still_stores(run: Extractor) -> None:
     result = run("backfill -s LUNAUSDT -i 1h --start 2023-06-01 --end 2023-06-02")
     assert result.exit_code == 0, result.output
     assert result.stderr.endswith(
-        " WARNING extractor.pipeline: LUNAUSDT is BREAK on the exchange: no new candles while it stays so\n"
+        " WARNING extractor.pipeline: LUNAUSDT is BREAK on spot: no new candles while it stays so\n"
     )
     assert result.stderr.count("\n") == 1
-    assert result.stdout.endswith(": 24 candles written, 1 requests\n")
+    assert result.stdout.endswith(": 24 candles written, 24 from 1 archive file, 0 requests\n")
     run.assert_matches_exchange("LUNAUSDT", "1h", ms("2023-06-01"), ms("2023-06-02"))
 
 
@@ -401,7 +426,7 @@ def test_backfill_of_an_unknown_symbol_names_it_and_writes_nothing(run: Extracto
     result = run(f"backfill -s {symbols} -i 1h --start 2023-06-01 --end 2023-06-02")
     assert result.exit_code == 2
     assert result.stderr == (
-        "binance-extractor: error: unknown symbol NOPEUSDT: Binance says Invalid symbol. (code -1121)\n"
+        "binance-extractor: error: Binance rejected the request: Invalid symbol: NOPEUSDT (code -1121)\n"
     )
     assert result.stdout == ""
     # The one window per series asked for alongside exchangeInfo is dropped unwritten; none is asked after.
@@ -451,8 +476,8 @@ def test_extract_verbose_prints_the_summary_line(frozen: Extractor) -> None:
     assert result.exit_code == 0
     assert result.stdout == ""
     assert result.stderr.endswith(
-        " INFO extractor.pipeline: ETHUSDT 1m 2024-01-10T09:01:00Z..2024-01-10T12:00:00Z: "
-        "179 candles written, 1 requests\n"
+        " INFO extractor.pipeline: spot ETHUSDT 1m 2024-01-10T09:01:00Z..2024-01-10T12:00:00Z: "
+        "179 candles written, 1 request\n"
     )
 
 
@@ -465,7 +490,7 @@ def test_extract_second_run_fetches_only_the_new_candles(
     result = frozen("-v extract -s BTCUSDT -i 1m --lookback 2h")
     assert result.exit_code == 0
     assert result.stderr.endswith(
-        ": BTCUSDT 1m 2024-01-10T12:00:00Z..2024-01-10T12:10:00Z: 10 candles written, 1 requests\n"
+        ": spot BTCUSDT 1m 2024-01-10T12:00:00Z..2024-01-10T12:10:00Z: 10 candles written, 1 request\n"
     )
     assert frozen.klines_requests() - before == 1
     frozen.assert_matches_exchange("BTCUSDT", "1m", ms("2024-01-10T10:01"), ms("2024-01-10T12:10"))
@@ -473,13 +498,13 @@ def test_extract_second_run_fetches_only_the_new_candles(
 
     again = frozen("-v extract -s BTCUSDT -i 1m")
     assert again.exit_code == 0
-    assert again.stderr.endswith(": BTCUSDT 1m: nothing closed in the range yet\n")
+    assert again.stderr.endswith(": spot BTCUSDT 1m: nothing closed in the range yet\n")
     assert frozen.klines_requests() - before == 1
 
 
 def _extracted_series(result: Result) -> set[str]:
-    """``SYMBOL interval`` of each summary line a verbose extract logged."""
-    return {" ".join(line.split(": ")[1].split()[:2]) for line in result.stderr.splitlines()}
+    """``market SYMBOL interval`` of each summary line a verbose extract logged."""
+    return {" ".join(line.split(": ")[1].split()[:3]) for line in result.stderr.splitlines()}
 
 
 def test_extract_takes_symbols_and_intervals_from_config_then_env_then_flags(
@@ -490,12 +515,17 @@ def test_extract_takes_symbols_and_intervals_from_config_then_env_then_flags(
 
     from_config = frozen(f"-v --config {config} extract")
     assert from_config.exit_code == 0, from_config.output
-    assert _extracted_series(from_config) == {"BNBUSDT 1h", "BNBUSDT 4h", "ETHUSDT 1h", "ETHUSDT 4h"}
+    assert _extracted_series(from_config) == {
+        "spot BNBUSDT 1h",
+        "spot BNBUSDT 4h",
+        "spot ETHUSDT 1h",
+        "spot ETHUSDT 4h",
+    }
     assert len(frozen.stored("BNBUSDT", "1h", 0, ms("2024-01-11"))) == 7  # 05:00..11:00
 
     from_env = frozen("-v extract", EXTRACTOR_CONFIG=str(config), EXTRACTOR_SYMBOLS="BTCUSDT")
     assert from_env.exit_code == 0, from_env.output
-    assert _extracted_series(from_env) == {"BTCUSDT 1h", "BTCUSDT 4h"}
+    assert _extracted_series(from_env) == {"spot BTCUSDT 1h", "spot BTCUSDT 4h"}
 
     from_flags = frozen(
         f"-v --config {config} extract -s SHIBUSDT -i 2h",
@@ -503,22 +533,23 @@ def test_extract_takes_symbols_and_intervals_from_config_then_env_then_flags(
         EXTRACTOR_INTERVALS="1m",
     )
     assert from_flags.exit_code == 0, from_flags.output
-    assert _extracted_series(from_flags) == {"SHIBUSDT 2h"}
+    assert _extracted_series(from_flags) == {"spot SHIBUSDT 2h"}
 
 
 def test_extract_env_lists_alone_are_enough(frozen: Extractor) -> None:
     result = frozen("-v extract", EXTRACTOR_SYMBOLS="BTCUSDT, ETHUSDT", EXTRACTOR_INTERVALS="1h")
     assert result.exit_code == 0, result.output
-    assert _extracted_series(result) == {"BTCUSDT 1h", "ETHUSDT 1h"}
+    assert _extracted_series(result) == {"spot BTCUSDT 1h", "spot ETHUSDT 1h"}
 
 
 def test_extract_without_symbols_is_bad_input(frozen: Extractor) -> None:
     result = frozen("extract -i 1h")
     assert result.exit_code == 2
     assert (
-        result.stderr == "binance-extractor: error: no symbols: give -s/--symbol or set EXTRACTOR_SYMBOLS\n"
+        result.stderr
+        == "binance-extractor: error: no symbols: give -s/--symbol (or -s ALL) or set EXTRACTOR_SYMBOLS\n"
     )
-    assert sum(frozen.exchange.request_counts.values()) == 0
+    assert frozen.requests() == 0
 
 
 @pytest.mark.parametrize("lookback", ["0h", "1y", "90"])
@@ -526,10 +557,41 @@ def test_extract_with_a_bad_lookback_is_bad_input(frozen: Extractor, lookback: s
     result = frozen(f"extract -s ETHUSDT -i 1h --lookback {lookback}")
     assert result.exit_code == 2
     assert result.stderr == (
-        f"binance-extractor: error: invalid --lookback/EXTRACTOR_LOOKBACK '{lookback}': "
+        f"binance-extractor: error: invalid lookback (--lookback) '{lookback}': "
         "use a positive number and a unit s, m, h, d or w (e.g. 90d, 12h, 30m)\n"
     )
-    assert sum(frozen.exchange.request_counts.values()) == 0
+    assert frozen.requests() == 0
+
+
+@pytest.mark.parametrize("bad", ["NOPEUSDT", "FOOUSDT"])
+def test_extract_stores_every_good_series_and_exits_2_naming_the_rejected_symbol(
+    frozen: Extractor, bad: str
+) -> None:
+    command = f"extract -s BTCUSDT,{bad},ETHUSDT -i 1h --lookback 3h"
+    for _ in range(2):  # a bad symbol in the crontab never stops the others, run after run
+        result = frozen(command)
+        assert result.exit_code == 2
+        assert result.stderr == (
+            f"binance-extractor: error: 1 series rejected by the exchange, the others stored: spot {bad} "
+            "(not a spot symbol); fix or remove them in the configuration\n"
+        )
+        assert result.stdout == ""
+    # Two a run (the symbols asked together, refused with -1121, then the list): never one per series.
+    assert frozen.exchange.request_counts["/api/v3/exchangeInfo"] == 4
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        frozen.assert_matches_exchange(symbol, "1h", ms("2024-01-10T10:00"), ms("2024-01-10T12:00"))
+    assert frozen.stored(bad, "1h", 0, ms("2024-01-11")) == []
+
+
+def test_extract_skips_a_symbol_that_does_not_trade_with_a_warning_and_exits_0(frozen: Extractor) -> None:
+    result = frozen("extract -s LUNAUSDT,BTCUSDT -i 1h --lookback 3h")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.endswith(
+        " WARNING extractor.pipeline: LUNAUSDT is BREAK on spot: no new candles while it stays so\n"
+    )
+    assert result.stderr.count("\n") == 1
+    assert len(frozen.stored("BTCUSDT", "1h", 0, ms("2024-01-11"))) == 2
+    assert frozen.stored("LUNAUSDT", "1h", 0, ms("2024-01-11")) == []
 
 
 def test_extract_with_a_missing_config_file_names_it(frozen: Extractor, tmp_path: Path) -> None:
@@ -538,200 +600,6 @@ def test_extract_with_a_missing_config_file_names_it(frozen: Extractor, tmp_path
     assert result.exit_code == 2
     assert result.stderr == (
         f"binance-extractor: error: config file {missing} does not exist (--config / EXTRACTOR_CONFIG)\n"
-    )
-
-
-# ---------------------------------------------------------------------------------------------- gaps
-
-OUTAGE_ROW = (
-    "2023-03-24T12:40:00Z  2023-03-24T14:00:00Z         80  absent on the exchange (outage or before listing)"
-)
-GAPS_HEADER = "start                 end                     candles  kind"
-
-
-@pytest.fixture
-def around_outage(run: Extractor) -> Extractor:
-    """BTCUSDT 1m backfilled over 2023-03-24 12:00-15:00, which holds the exchange's 12:40-14:00 outage."""
-    result = run("backfill -s BTCUSDT -i 1m --start 2023-03-24T12:00 --end 2023-03-24T15:00")
-    assert result.exit_code == 0, result.output
-    return run
-
-
-GAPS = "gaps -s BTCUSDT -i 1m --end 2023-03-24T15:00"
-
-
-def test_gaps_lists_the_exchange_outage_as_absent_on_the_exchange(around_outage: Extractor) -> None:
-    result = around_outage(GAPS)
-    assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines() == [GAPS_HEADER, OUTAGE_ROW]
-
-
-def test_gaps_tells_holes_never_fetched_apart_and_repair_refills_them(around_outage: Extractor) -> None:
-    around_outage.delete("BTCUSDT", "1m", ms("2023-03-24T12:10"), ms("2023-03-24T12:20"))
-    around_outage.delete("BTCUSDT", "1m", ms("2023-03-24T14:30"), ms("2023-03-24T14:31"))
-
-    table = around_outage(GAPS)
-    assert table.exit_code == 0, table.output
-    assert table.stdout.splitlines() == [
-        GAPS_HEADER,
-        "2023-03-24T12:10:00Z  2023-03-24T12:20:00Z         10  missing (never fetched)",
-        OUTAGE_ROW,
-        "2023-03-24T14:30:00Z  2023-03-24T14:31:00Z          1  missing (never fetched)",
-    ]
-
-    as_json = around_outage(f"{GAPS} --start 2023-03-24T12:00 --json")
-    assert as_json.exit_code == 0, as_json.output
-    found = json.loads(as_json.stdout)
-    assert [(g["kind"], g["start_utc"], g["end_utc"], g["candles"]) for g in found] == [
-        ("missing", "2023-03-24T12:10:00Z", "2023-03-24T12:20:00Z", 10),
-        ("exchange", "2023-03-24T12:40:00Z", "2023-03-24T14:00:00Z", 80),
-        ("missing", "2023-03-24T14:30:00Z", "2023-03-24T14:31:00Z", 1),
-    ]
-    assert found[0]["start"] == ms("2023-03-24T12:10")
-    assert found[0]["end"] == ms("2023-03-24T12:20")
-
-    before = around_outage.klines_requests()
-    repaired = around_outage(f"{GAPS} --repair")
-    assert repaired.exit_code == 0, repaired.output
-    assert repaired.stdout.splitlines() == [GAPS_HEADER, OUTAGE_ROW]
-    assert around_outage.klines_requests() - before == 2
-    around_outage.assert_matches_exchange("BTCUSDT", "1m", ms("2023-03-24T12:00"), ms("2023-03-24T15:00"))
-
-
-def test_gaps_json_of_a_complete_series_is_an_empty_list(run: Extractor) -> None:
-    assert run("backfill -s ETHUSDT -i 1h --start 2023-06-01 --end 2023-06-02").exit_code == 0
-    result = run("gaps -s ETHUSDT -i 1h --end 2023-06-02 --json")
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == []
-
-
-def test_gaps_without_stored_data_says_no_gaps(run: Extractor) -> None:
-    result = run("gaps -s BTCUSDT -i 1m")
-    assert result.exit_code == 0, result.output
-    assert result.stdout == "BTCUSDT 1m: no gaps\n"
-    assert sum(run.exchange.request_counts.values()) == 0
-
-
-def test_gaps_repair_with_a_start_fills_a_range_never_fetched(run: Extractor) -> None:
-    result = run("gaps -s BTCUSDT -i 1m --start 2023-06-01 --end 2023-06-01T00:10 --repair")
-    assert result.exit_code == 0, result.output
-    assert result.stdout == "BTCUSDT 1m: no gaps\n"
-    run.assert_matches_exchange("BTCUSDT", "1m", ms("2023-06-01"), ms("2023-06-01T00:10"))
-    assert len(run.stored("BTCUSDT", "1m", 0, ms("2023-06-02"))) == 10
-
-
-def test_gaps_with_end_before_start_is_bad_input(run: Extractor) -> None:
-    result = run("gaps -s BTCUSDT -i 1m --start 2023-06-02 --end 2023-06-01")
-    assert result.exit_code == 2
-    assert result.stderr == (
-        "binance-extractor: error: --start 2023-06-02T00:00:00Z is not before --end 2023-06-01T00:00:00Z\n"
-    )
-
-
-def test_gaps_needs_one_symbol_and_one_interval(run: Extractor) -> None:
-    result = run("gaps -s BTCUSDT")
-    assert result.exit_code == 2
-    assert "Error: Missing option '-i' / '--interval'." in result.stderr
-
-
-# ---------------------------------------------------------------------------------------------- breakers
-
-
-def test_breakers_status_shows_both_breakers_with_thresholds_from_the_environment(run: Extractor) -> None:
-    env = {
-        "CIRCUIT_BREAKER_API_FAILURE_THRESHOLD": "7",
-        "CIRCUIT_BREAKER_DB_FAILURE_THRESHOLD": "3",
-        "CIRCUIT_BREAKER_RECOVERY_TIMEOUT": "90",
-    }
-    for command in ("breakers", "breakers status"):
-        result = run(command, **env)
-        assert result.exit_code == 0, result.output
-        assert result.stdout.splitlines() == [
-            "api  CLOSED    failures 0/7  recovery 90.0s  last failure never",
-            "db   CLOSED    failures 0/3  recovery 90.0s  last failure never",
-        ]
-
-    as_json = run("breakers --json", **env)
-    assert as_json.exit_code == 0, as_json.output
-    states = {info["name"]: info for info in json.loads(as_json.stdout)}
-    assert states["api"]["state"] == "CLOSED"
-    assert states["api"]["failure_count"] == 0
-    assert states["api"]["failure_threshold"] == 7
-    assert states["db"]["failure_threshold"] == 3
-    assert states["db"]["recovery_timeout"] == 90
-    assert states["db"]["last_failure_time"] is None
-
-
-def test_breakers_reset_closes_a_breaker_that_a_failed_run_opened(run: Extractor) -> None:
-    env = {"CIRCUIT_BREAKER_API_FAILURE_THRESHOLD": "1", "BINANCE_API_URL": f"http://127.0.0.1:{free_port()}"}
-    assert run("check", **env).exit_code == 75
-
-    opened = run("breakers", **env)
-    assert opened.exit_code == 0, opened.output
-    api_line = opened.stdout.splitlines()[0]
-    assert api_line.startswith("api  OPEN      failures 1/1  recovery 60.0s  last failure 20")
-    assert "  next trial in " in api_line
-    as_json = json.loads(run("breakers --json", **env).stdout)
-    assert as_json[0]["state"] == "OPEN"
-    assert as_json[0]["seconds_until_trial"] > 0
-
-    reset = run("breakers reset", **env)
-    assert reset.exit_code == 0, reset.output
-    assert reset.stdout.splitlines()[0] == "api  CLOSED    failures 0/1  recovery 60.0s  last failure never"
-    assert run("breakers", **env).stdout == reset.stdout
-
-
-def test_breakers_unknown_action_is_a_usage_error(run: Extractor) -> None:
-    result = run("breakers bogus")
-    assert result.exit_code == 2
-    assert "Error: Invalid value for '[status|reset]': 'bogus' is not one of 'status', 'reset'." in (
-        result.stderr
-    )
-
-
-# ---------------------------------------------------------------------------------------------- check
-
-
-def test_check_all_ok_prints_four_lines_and_exits_0(run: Extractor) -> None:
-    result = run("check", EXTRACTOR_SYMBOLS="BTCUSDT,ETHUSDT")
-    assert result.exit_code == 0, result.output
-    lines = result.stdout.splitlines()
-    assert len(lines) == 4
-    assert lines[0].startswith(f"ok   exchange  {run.exchange.url} answered ping in ")
-    assert lines[1].startswith("ok   clock     skew ")
-    assert lines[2] == "ok   symbols   BTCUSDT TRADING, ETHUSDT TRADING"
-    assert lines[3] == f"ok   database  {run.db_url} writable (probe rolled back)"
-    assert result.stderr == ""
-
-
-def test_check_without_symbols_skips_that_check(run: Extractor) -> None:
-    result = run("check")
-    assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[2] == "ok   symbols   none configured (-s / EXTRACTOR_SYMBOLS); skipped"
-
-
-def test_check_warns_about_a_symbol_not_trading_but_passes(run: Extractor) -> None:
-    result = run("check", EXTRACTOR_SYMBOLS="LUNAUSDT,BTCUSDT")
-    assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[2] == "warn symbols   LUNAUSDT BREAK, BTCUSDT TRADING"
-
-
-def test_check_with_the_exchange_down_exits_75_and_still_checks_the_database(run: Extractor) -> None:
-    down = f"http://127.0.0.1:{free_port()}"
-    result = run("check", BINANCE_API_URL=down, CIRCUIT_BREAKER_API_FAILURE_THRESHOLD="50")
-    assert result.exit_code == 75
-    lines = result.stdout.splitlines()
-    assert len(lines) == 2
-    assert lines[0].startswith("fail exchange  exchange unavailable after 1 attempt")
-    assert f"/api/v3/ping: cannot reach {down} (Connection refused); retry in a few minutes" in lines[0]
-    assert lines[1] == f"ok   database  {run.db_url} writable (probe rolled back)"
-
-
-def test_check_with_an_unknown_symbol_exits_2_naming_it(run: Extractor) -> None:
-    result = run("check", EXTRACTOR_SYMBOLS="BTCUSDT,NOPEUSDT")
-    assert result.exit_code == 2
-    assert "fail symbols   unknown symbol NOPEUSDT: Binance says Invalid symbol. (code -1121)" in (
-        result.stdout.splitlines()
     )
 
 
@@ -748,7 +616,7 @@ def test_json_log_format_makes_every_stderr_line_a_json_object(run: Extractor) -
         assert entry["ts"].endswith("Z")
     assert {
         "level": "WARNING",
-        "message": "LUNAUSDT is BREAK on the exchange: no new candles while it stays so",
+        "message": "LUNAUSDT is BREAK on spot: no new candles while it stays so",
     }.items() <= next(e for e in entries if e["level"] == "WARNING").items()
 
 
@@ -758,7 +626,7 @@ def test_log_level_and_format_from_the_environment(frozen: Extractor) -> None:
     entries = [json.loads(line) for line in result.stderr.splitlines()]
     assert entries[-1]["level"] == "INFO"
     assert entries[-1]["message"] == (
-        "ETHUSDT 1h 2024-01-09T13:00:00Z..2024-01-10T12:00:00Z: 23 candles written, 1 requests"
+        "spot ETHUSDT 1h 2024-01-09T13:00:00Z..2024-01-10T12:00:00Z: 23 candles written, 1 request"
     )
 
 
@@ -766,7 +634,7 @@ def test_log_level_and_format_from_the_environment(frozen: Extractor) -> None:
     ("env", "message"),
     [
         ({"LOG_LEVEL": "LOUD"}, "invalid LOG_LEVEL 'LOUD': use one of DEBUG, INFO, WARNING, ERROR"),
-        ({"LOG_FORMAT": "xml"}, "invalid log format 'xml' (--log-format / LOG_FORMAT): use text or json"),
+        ({"LOG_FORMAT": "xml"}, "invalid LOG_FORMAT 'xml': use one of text, json"),
     ],
 )
 def test_bad_logging_environment_is_bad_input(run: Extractor, env: dict[str, str], message: str) -> None:

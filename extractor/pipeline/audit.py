@@ -96,7 +96,9 @@ def audit(
     for one in series:
         upto = min(end if end is not None else now_ms, closed_limit(one.interval, now_ms))
         found = find_gaps(store, one, start, upto)
-        if exchange is not None and (repair or recheck) and found.stored:
+        # An explicit --start makes a range with nothing stored one hole, as it does before a first candle.
+        never_fetched = repair and not found.stored and start is not None and start < upto
+        if exchange is not None and (repair or recheck) and (found.stored or never_fetched):
             reports = {one: SeriesReport(one, start or 0, upto)}
             writer = Writer(store, exchange, reports, exchange.local_time_ms)
             if recheck:
@@ -104,6 +106,9 @@ def audit(
                     exchange, store, writer, one, [g for g in found.gaps if g.kind == "exchange"]
                 )
             holes = [(g.start, g.end) for g in find_gaps(store, one, start, upto).gaps if g.kind == "missing"]
+            if never_fetched:
+                assert start is not None
+                holes = [(start, upto)]
             if repair and holes:
                 plans = [plan_series(store, writer, reports[one], lo, hi) for lo, hi in holes]
                 with Engine(exchange, writer, concurrency=concurrency, stop=stop) as engine:
@@ -113,7 +118,8 @@ def audit(
                         ).windows(plans)
                     )
             found.fetched = reports[one].written
-            found.gaps = find_gaps(store, one, start, upto).gaps
+            after = find_gaps(store, one, start, upto)
+            found.stored, found.gaps = after.stored, after.gaps
         out.append(found)
     return out
 

@@ -146,7 +146,7 @@ def backfill(
             settled = exchange.local_time_ms() - SETTLED_MARGIN_MS
             if exchange.client.breaker.state is not CircuitState.CLOSED:
                 settled = start  # after an outage exchangeInfo goes alone, as the breaker's single trial
-            planner = SeriesWindows(source, exchange, store, engine.submit, exchange.local_time_ms)
+            planner = SeriesWindows(source, exchange, store, engine.submit, exchange.local_time_ms, progress)
             head = [
                 plan_series(store, writer, r, start, min(end, closed_limit(r.series.interval, settled)))
                 for r in reports.values()
@@ -170,7 +170,9 @@ def backfill(
                 engine.discard()
                 reports = {s: SeriesReport(s, start, start) for s in series}
                 writer = engine.writer = Writer(store, exchange, reports, exchange.local_time_ms)
-                planner = SeriesWindows(source, exchange, store, engine.submit, exchange.local_time_ms)
+                planner = SeriesWindows(
+                    source, exchange, store, engine.submit, exchange.local_time_ms, progress
+                )
             tail = [
                 plan_series(store, writer, r, r.end, min(end, closed_limit(r.series.interval, now)))
                 for r in reports.values()

@@ -7,6 +7,7 @@ collaborators to the command in ``commands.py``, ``audit.py`` or ``health.py``.
 from __future__ import annotations
 
 from extractor.errors import BadInputError
+from extractor.intervals import Interval
 from extractor.klines import Series
 from extractor.markets import Market
 from extractor.pipeline import audit, commands, health
@@ -123,10 +124,24 @@ def status(runtime: Runtime) -> list[audit.SeriesStatus]:
     wanted: list[Series] | None = None
     specs = [s for s in runtime.settings.specs if s.symbols or s.intervals]
     if specs:
-        wanted = runtime.select([one for spec in specs for one in _series(runtime, spec)])
+        wanted = runtime.select([one for spec in specs for one in _status_series(runtime, spec)])
     elif runtime.settings.shard is not None:
         raise BadInputError("status --shard needs the series of the fleet: give -s/-i or a config file")
     return audit.status(runtime.store, wanted)
+
+
+def _status_series(runtime: Runtime, spec: SeriesSpec) -> list[Series]:
+    """-s and -i narrow ``status``: given both, those series; given one, the stored series it names."""
+    if spec.symbols and spec.intervals:
+        return _series(runtime, spec)
+    symbols, intervals = set(spec.symbols), {i.name for i in spec.intervals}
+    return [
+        Series(spec.market, s.symbol, Interval.parse(s.interval))
+        for s in runtime.store.series()
+        if s.market == spec.market.name
+        and (not symbols or s.symbol in symbols)
+        and (not intervals or s.interval in intervals)
+    ]
 
 
 def check(runtime: Runtime) -> list[health.CheckResult]:
