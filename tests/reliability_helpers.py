@@ -1,15 +1,19 @@
 """What the reliability tests share: running the installed script, killing it on cue, reading the store back.
 
-Also two stand-ins the fake exchange does not offer: an exchange whose every endpoint answers 503
-(to count breaker trials), and a Runtime whose exchange client shares a manual clock with the fake.
+Also two stand-ins the fake exchange does not offer: a load balancer in front of it that can answer 503 to
+every path (to count breaker trials, then heal on the same address), and a Runtime whose REST sources
+take their clocks and sleeps from the test.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
+import http.client
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -21,13 +25,16 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-import requests
 
-from extractor.binance import BinanceClient
-from extractor.intervals import Interval
-from extractor.klines import to_row
-from extractor.pipeline import Runtime
-from extractor.settings import Settings
+from extractor.errors import ExchangeUnavailable
+from extractor.intervals import DAY, Interval
+from extractor.klines import Series, to_row
+from extractor.markets import SPOT, Market
+from extractor.pipeline.runtime import Runtime, dependency_key
+from extractor.settings import API_FAILURE_THRESHOLD, Settings
+from extractor.sources.http import BanRecord, RestClient, RetryPolicy
+from extractor.sources.rest import RestSource
+from extractor.sources.weight import WeightBudget
 from extractor.storage import open_store
 from tests.fake_exchange import FakeExchange, ManualClock
 
@@ -36,12 +43,26 @@ OUR_PREFIXES = ("EXTRACTOR_", "CIRCUIT_BREAKER_", "BINANCE_", "DATABASE_URL", "L
 LOG_RECORD = re.compile(r'^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z [A-Z]+ |\{"ts": )')
 RUN_TIMEOUT = 120.0
 """A safety net for a run that hangs; no test waits for it on purpose."""
+KLINES = "/api/v3/klines"
 
 
 def cli_env(**settings: str) -> dict[str, str]:
     """The caller's environment without any of our variables, plus ``settings``."""
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(OUR_PREFIXES)}
     return {**inherited, **settings}
+
+
+def exchange_env(state_dir: Path, exchange: FakeExchange, db_url: str, **extra: str) -> dict[str, str]:
+    """An environment for the CLI on ``exchange`` alone: its REST API and its archive, never the network.
+
+    ``extra`` adds variables or replaces these (``BINANCE_API_URL`` of a proxy in front of it)."""
+    settings = {
+        "EXTRACTOR_STATE_DIR": str(state_dir),
+        "DATABASE_URL": db_url,
+        "BINANCE_API_URL": exchange.url,
+        "BINANCE_ARCHIVE_URL": exchange.archive_url,
+    }
+    return cli_env(**{**settings, **extra})
 
 
 def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -70,14 +91,28 @@ def wait_until(condition: Callable[[], bool], process: subprocess.Popen[str], wh
         time.sleep(0.002)
 
 
+def pages_asked(exchange: FakeExchange, market: Market = SPOT) -> list[int]:
+    """The start of every full REST page of ``market`` the exchange answered (200), in the order asked.
+
+    A listing probe (``limit=1``) is not a page; a page asked again after a fault answers twice.
+    """
+    limit = str(market.page_limit)
+    return [
+        int(r.params["startTime"])
+        for r in list(exchange.log)
+        if r.market == market.name
+        and r.path.endswith("/klines")
+        and r.status == 200
+        and r.params.get("limit") == limit
+    ]
+
+
 def kill_after_klines_requests(
     exchange: FakeExchange, process: subprocess.Popen[str], requests_seen: int
 ) -> None:
     """SIGKILL ``process`` once the exchange has seen ``requests_seen`` klines requests from it."""
     wait_until(
-        lambda: exchange.request_counts["/api/v3/klines"] >= requests_seen,
-        process,
-        f"{requests_seen} klines requests",
+        lambda: exchange.request_counts[KLINES] >= requests_seen, process, f"{requests_seen} klines requests"
     )
     process.kill()
     process.communicate()
@@ -102,36 +137,61 @@ def the_error(stderr: str) -> str:
     return lines[-1]
 
 
-def stored_rows(url: str, symbol: str, interval: str, start: int, end: int) -> list[list[Any]]:
+def series_of(symbol: str, interval: str, market: Market = SPOT) -> Series:
+    return Series(market, symbol, Interval.parse(interval))
+
+
+def stored_rows(
+    url: str, symbol: str, interval: str, start: int, end: int, market: Market = SPOT
+) -> list[list[Any]]:
     """Stored candles in wire format, to compare field by field with ``FakeExchange.rows``."""
     with open_store(url) as store:
-        return [to_row(k) for k in store.read(symbol, Interval.parse(interval), start, end)]
+        return [to_row(k) for k in store.read(series_of(symbol, interval, market), start, end)]
 
 
 def window_fill(
-    url: str, exchange: FakeExchange, symbol: str, interval: str, start: int, end: int
+    url: str, exchange: FakeExchange, symbol: str, interval: str, start: int, end: int, market: Market = SPOT
 ) -> list[tuple[int, int]]:
-    """(stored, served) candles per request window of ``[start, end)``, in the pipeline's tiling."""
-    series = Interval.parse(interval)
+    """(stored, served) candles per REST page of ``[start, end)``, in the REST source's tiling."""
+    series = series_of(symbol, interval, market)
     with open_store(url) as store:
-        stored = list(store.open_times(symbol, series, start, end))
-    served = [row[0] for row in exchange.rows(symbol, interval, start, end)]
+        stored = list(store.open_times(series, start, end))
+    served = [row[0] for row in exchange.rows(symbol, interval, start, end, market=market.name)]
     return [
         (
             bisect.bisect_left(stored, hi) - bisect.bisect_left(stored, lo),
             bisect.bisect_left(served, hi) - bisect.bisect_left(served, lo),
         )
-        for lo, hi in series.windows(start, end)
+        for lo, hi in series.interval.tiles(start, end, market.page_limit, market.max_span_ms)
     ]
 
 
-def age_breaker(state_file: Path, name: str, seconds: float) -> None:
-    """Move a persisted breaker's last failure ``seconds`` into the past, as if that time had gone by."""
-    state = json.loads(state_file.read_text())
-    for key in ("last_failure_time", "opened_at"):
-        if state[name][key] is not None:
-            state[name][key] -= seconds
-    state_file.write_text(json.dumps(state))
+def breaker_file(state_dir: Path) -> Path:
+    return state_dir / "breakers.json"
+
+
+def breaker_name(group: str, url: str) -> str:
+    """The persisted name of the api breaker of the exchange at ``url`` (``api:127.0.0.1:8080``)."""
+    return f"{group}:{dependency_key(url)}"
+
+
+def age_breaker(state_dir: Path, name: str, seconds: float) -> None:
+    """Move a persisted breaker's times ``seconds`` into the past, as if that time had gone by."""
+    path = breaker_file(state_dir)
+    state = json.loads(path.read_text())
+    entry = state[name]
+    for key in ("last_failure_time", "opened_at", "open_until"):
+        if entry.get(key) is not None:
+            entry[key] -= seconds
+    entry["permits"] = [[number, granted - seconds] for number, granted in entry.get("permits", [])]
+    path.write_text(json.dumps(state))
+
+
+def ban_file(state_dir: Path) -> Path:
+    """The one file a run has recorded an IP ban in."""
+    found = sorted(state_dir.glob("ban-*.json"))
+    assert len(found) == 1, f"expected one ban file in {state_dir}, found {found}"
+    return found[0]
 
 
 def via_proxy(url: str, address: str) -> str:
@@ -139,18 +199,6 @@ def via_proxy(url: str, address: str) -> str:
     parts = urlsplit(url)
     userinfo, at, _ = parts.netloc.rpartition("@")
     return urlunsplit((parts.scheme, f"{userinfo}{at}{address}", parts.path, parts.query, parts.fragment))
-
-
-def spend_weight(exchange: FakeExchange, leave: int) -> None:
-    """Another client on the same IP uses this minute's request weight until only ``leave`` is left."""
-    used = 0
-    with requests.Session() as neighbour:
-        while used < exchange.weight_limit - leave:
-            left = exchange.weight_limit - leave - used
-            path = "/api/v3/exchangeInfo?symbol=BTCUSDT" if left >= 20 else "/api/v3/ping"
-            answer = neighbour.get(exchange.url + path, timeout=5)
-            answer.raise_for_status()
-            used = int(answer.headers["X-MBX-USED-WEIGHT-1M"])
 
 
 class SharedClock:
@@ -170,50 +218,89 @@ class SharedClock:
             self.clock.advance(seconds)
 
 
-class RuntimeWithClient(Runtime):
-    """A Runtime whose exchange client takes clock and sleep from the test, with the usual breaker."""
+class RuntimeOnClock(Runtime):
+    """A Runtime whose REST sources read ``clock`` (as monotonic and wall clock) and sleep on it.
 
-    def __init__(
-        self, settings: Settings, client_class: type[BinanceClient] = BinanceClient, **client_options: Any
-    ) -> None:
+    Everything else (breakers, state directory, store) is the composition root's own.
+    """
+
+    def __init__(self, settings: Settings, clock: SharedClock) -> None:
         super().__init__(settings)
-        self._test_client = client_class(
-            settings.base_url,
-            breaker=self.api_breaker,
-            concurrency=settings.concurrency,
-            ban_file=self.ban_file,
-            backoff_base=settings.backoff_base,
-            **client_options,
-        )
+        self.clock = clock
+        self._sources: dict[str, RestSource] = {}
 
-    @property
-    def client(self) -> BinanceClient:
-        return self._test_client
+    def exchange(self, market: Market) -> RestSource:
+        found = self._sources.get(market.name)
+        if found is not None:
+            return found
+        settings, clock = self.settings, self.clock
+        base_url = settings.base_url_for(market)
+        key = dependency_key(base_url)
+        budget = WeightBudget(market.weight_limit, clock=clock, sleep=clock.sleep)
+        client = RestClient(
+            base_url,
+            breaker=self.breaker(f"api:{key}", "api", ExchangeUnavailable, API_FAILURE_THRESHOLD),
+            budget=budget,
+            bans=BanRecord(self.state_dir / "ban-on-clock.json", wall_clock=clock),
+            stop=self.stop,
+            retry=RetryPolicy(settings.attempts, settings.retry_budget, settings.backoff),
+            concurrency=settings.concurrency,
+            read_timeout=settings.read_timeout,
+            sleep=clock.sleep,
+            clock=clock,
+        )
+        source = RestSource(market, client, clock=clock, wall_clock=clock)
+        budget.server_offset_ms = source.server_offset_ms
+        self._sources[market.name] = source
+        return source
 
     def close(self) -> None:
         try:
             super().close()
         finally:
-            self._test_client.close()
+            for source in self._sources.values():
+                source.close()
 
 
-class DeadExchange:
-    """An exchange whose load balancer answers 503 to every path: counts what reaches it."""
+class ExchangeFront:
+    """A load balancer on its own port in front of ``exchange``: while ``down`` it answers 503 with an
+    HTML page to every path; otherwise it forwards each GET. ``paths`` lists what reached it."""
 
-    def __init__(self) -> None:
-        self.requests = 0
+    def __init__(self, exchange: FakeExchange) -> None:
+        self.down = True
+        self.paths: list[str] = []
         self._lock = threading.Lock()
-        dead = self
+        upstream = urlsplit(exchange.url)
+        front = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
-                with dead._lock:
-                    dead.requests += 1
-                body = b"<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>"
-                self.send_response(503)
-                self.send_header("Content-Type", "text/html")
+                with front._lock:
+                    front.paths.append(self.path.partition("?")[0])
+                if front.down:
+                    status, headers = 503, [("Content-Type", "text/html")]
+                    body = b"<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>"
+                else:
+                    connection = http.client.HTTPConnection(
+                        upstream.hostname or "", upstream.port, timeout=30
+                    )
+                    try:
+                        connection.request("GET", self.path)
+                        answer = connection.getresponse()
+                        body = answer.read()
+                        status = answer.status
+                        headers = [
+                            (k, v)
+                            for k, v in answer.getheaders()
+                            if k.lower() not in ("content-length", "connection")
+                        ]
+                    finally:
+                        connection.close()
+                self.send_response(status)
+                for name, value in headers:
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -226,10 +313,144 @@ class DeadExchange:
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
-    def __enter__(self) -> DeadExchange:
+    @property
+    def requests(self) -> int:
+        with self._lock:
+            return len(self.paths)
+
+    def __enter__(self) -> ExchangeFront:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+# -- the scenario most tests share: two months of BTCUSDT 1m from REST ----------------------------------
+
+START, END = "2024-01-01", "2024-03-01"
+START_MS, END_MS = 1_704_067_200_000, 1_709_251_200_000
+WINDOWS = 87
+"""REST pages for BTCUSDT 1m over START..END: 86,400 candles, 1,000 per page."""
+SHORT_END_MS = START_MS + 2 * DAY
+BACKFILL = [
+    "backfill",
+    "-s",
+    "BTCUSDT",
+    "-i",
+    "1m",
+    "--start",
+    START,
+    "--end",
+    END,
+    "--no-progress",
+    "--source",
+    "rest",
+]
+"""REST paging is what these tests disturb; ``--source auto`` would read these months from the archive."""
+EXTRACT = ["extract", "-s", "ETHUSDT", "-i", "1m", "--lookback", "1d"]
+BREAKER_OPEN = re.compile(
+    r"^binance-extractor: error: the (api|db) circuit breaker is open after repeated failures of the "
+    r"(exchange|database) at [^ ]+( \(last error: .*\))?; next trial at (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ) "
+    r"— retry after that, or run `binance-extractor breakers reset` once the cause is fixed$"
+)
+
+
+def backfill_with(changes: list[str]) -> list[str]:
+    """BACKFILL with each ``--flag value`` in ``changes`` replacing the default one."""
+    args = BACKFILL[1:]
+    for flag, value in zip(changes[::2], changes[1::2], strict=True):
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    return ["backfill", *args]
+
+
+SHORT_BACKFILL = backfill_with(["--end", str(SHORT_END_MS)])
+
+
+def sqlite_url_in(folder: Path) -> str:
+    return f"sqlite:///{folder / 'klines.db'}"
+
+
+def assert_exact(url: str, exchange: FakeExchange, start: int = START_MS, end: int = END_MS) -> None:
+    """Stored candles equal the exchange's field by field: nothing missing, nothing twice, nothing else."""
+    want = exchange.rows("BTCUSDT", "1m", start, end)
+    got = stored_rows(url, "BTCUSDT", "1m", start, end)
+    assert len(got) == len(want)
+    assert got == want
+
+
+def assert_no_duplicate_or_hole(url: str, env: dict[str, str], start: str = START, end: str = END) -> None:
+    """No open time stored twice (SQLite's own count), and ``gaps`` finds no hole."""
+    path = url.removeprefix("sqlite:///")
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        total, distinct = conn.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT open_time) FROM klines"
+            " WHERE market = 'spot' AND symbol = 'BTCUSDT' AND interval = '1m'"
+        ).fetchone()
+    assert total == distinct
+    audit = run_cli(["gaps", "-s", "BTCUSDT", "-i", "1m", "--start", start, "--end", end, "--json"], env)
+    assert audit.returncode == 0, audit.stderr
+    assert [entry["gaps"] for entry in json.loads(audit.stdout)] == [[]]
+
+
+def breaker_states(env: dict[str, str]) -> dict[str, str]:
+    """The state of each persisted breaker by its group (api, db, archive), as ``breakers --json`` says."""
+    status = run_cli(["breakers", "--json"], env)
+    assert status.returncode == 0, status.stderr
+    states: dict[str, str] = {}
+    for entry in json.loads(status.stdout):
+        group = entry["name"].partition(":")[0]
+        assert group not in states, f"two {group} breakers: {status.stdout}"
+        states[group] = entry["state"]
+    return states
+
+
+class Gate:
+    """Holds every REST request the exchange receives once it has seen ``after`` klines requests, until
+    :meth:`open`: a run frozen at a known point, with what came before answered and written.
+
+    A request racing with the ``after``-th may be held too. A context manager: leaving it opens the gate
+    and detaches it, so no server thread stays blocked.
+    """
+
+    def __init__(self, exchange: FakeExchange, after: int) -> None:
+        self.exchange = exchange
+        self.after = after
+        self.held = 0
+        self._opened = threading.Event()
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Gate:
+        self.exchange.before_admit = self._admit
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.exchange.before_admit = None
+        self.open()
+
+    def open(self) -> None:
+        self._opened.set()
+
+    def _admit(self, market: str, client: str) -> None:
+        if self._opened.is_set() or self.exchange.request_counts[KLINES] <= self.after:
+            return
+        with self._lock:
+            self.held += 1
+        self._opened.wait(RUN_TIMEOUT)
+
+
+def stored_count(url: str, symbol: str = "BTCUSDT", interval: str = "1m") -> Callable[[], int]:
+    """A poll of how many candles of the series the database at ``url`` holds (its schema made first)."""
+    series = series_of(symbol, interval)
+    store = open_store(url)
+    store.close()
+
+    def count() -> int:
+        with open_store(url, create=False) as reader:
+            return reader.count(series, 0, 2**62)
+
+    return count
