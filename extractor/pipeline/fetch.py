@@ -221,6 +221,7 @@ class Engine:
         except Exception as exc:
             self._set_aside(window, exc)
             return
+        self.writer.fell_back(window)
         ahead = [self._submit(replacement) for replacement in replacements]
         self._pending.extendleft(reversed(ahead))
 

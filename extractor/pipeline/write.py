@@ -24,6 +24,8 @@ log = logging.getLogger("extractor.pipeline")
 
 CONFIRM_ROUNDS = 3
 """Answers that keep disagreeing after this many refetches make the window fail (and be retried later)."""
+FELL_BACK_NAMED = 3
+"""A summary line names this many files that fell back to REST, then says how many more."""
 
 
 @dataclass
@@ -56,7 +58,8 @@ class SeriesReport:
             parts.append(f"{self.exchange_gap_candles:,} absent on the exchange")
         parts.append(plural(self.requests, "request"))
         if self.fell_back:
-            parts.append(f"REST instead of {', '.join(self.fell_back)}")
+            named, more = self.fell_back[:FELL_BACK_NAMED], len(self.fell_back) - FELL_BACK_NAMED
+            parts.append(f"REST instead of {', '.join(named)}" + (f" and {more:,} more" if more > 0 else ""))
         if self.failure:
             parts.append(f"FAILED: {self.failure}")
         return f"{self.series} {span}: " + ", ".join(parts)
@@ -138,6 +141,11 @@ class Writer:
             for lo, hi in one.gaps:
                 self._record_gap(one.window.series, lo, hi, report)
         return written
+
+    def fell_back(self, window: Window) -> None:
+        """``window``'s archive file was unusable and its range comes from REST: the summary names it."""
+        report = self.reports[window.series]
+        report.fell_back = (*report.fell_back, window.file.rsplit("/", 1)[-1])
 
     def write_file(self, answer: Answer) -> int:
         """Store one archive file (see :meth:`_write_file`)."""

@@ -32,6 +32,7 @@ from extractor.sources.base import (
 )
 from extractor.sources.files import FileClient, Missing
 from extractor.sources.rest import RestSource
+from utils.circuit_breaker import CircuitBreakerError
 
 log = logging.getLogger("extractor.sources")
 
@@ -67,6 +68,7 @@ class ArchiveSource:
         self.market = rest.market
         self.files = files
         self.fall_back = fall_back
+        self._told_open = False
 
     # -- the KlineSource protocol ---------------------------------------------------------------------
 
@@ -98,9 +100,21 @@ class ArchiveSource:
         return ArchiveFile(window, data, self.files.stop)
 
     def replan(self, window: Window, reason: ArchiveUnavailable) -> list[Window]:
+        """REST for an unusable file's range: one WARNING per file, or one per run while the archive's
+        breaker is open (then every file left in the plan falls back, and one line says so)."""
         if not self.fall_back:
             raise reason
-        log.warning("archive file unusable, its range comes from REST instead: %s", reason)
+        if not isinstance(reason.__cause__, CircuitBreakerError):
+            log.warning("archive file unusable, its range comes from REST instead: %s", reason)
+        elif not self._told_open:
+            self._told_open = True
+            log.warning(
+                "%s: the archive is unavailable, the rest of the plan comes from REST: %s",
+                window.file,
+                reason,
+            )
+        else:
+            log.info("%s: from REST, the archive's breaker is open", window.file)
         return list(self.rest.plan(window.series, window.start, window.end))
 
     def capacity(self) -> int:
