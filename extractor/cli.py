@@ -69,7 +69,7 @@ def _final(ctx: click.Context, /, message: str, exit_code: int) -> None:
     obj = ctx.obj or {}
     settings: Settings | None = obj.get("settings")
     redact = settings.redact if settings is not None else _fallback_redact()
-    log_format = settings.log_format if settings is not None else (obj.get("log_format") or "text")
+    log_format = settings.log_format if settings is not None else (obj.get("log_format") or _env_log_format())
     click.echo(
         logs.final_line(
             message if message.startswith("interrupted") else f"error: {message}",
@@ -80,6 +80,12 @@ def _final(ctx: click.Context, /, message: str, exit_code: int) -> None:
         err=True,
     )
     ctx.exit(exit_code)
+
+
+def _env_log_format() -> str:
+    """LOG_FORMAT for the final line when settings could not load (a bad value there falls back to text)."""
+    value = os.environ.get("LOG_FORMAT", "").strip().lower()
+    return value if value in ("text", "json") else "text"
 
 
 def global_options(func: F) -> F:

@@ -35,7 +35,13 @@ def test_group_help_lists_the_global_flags_and_every_command(run: Extractor) -> 
         assert flag in result.stdout
     for command in COMMANDS:
         assert f"  {command} " in result.stdout
-    for code in ("0 done", "1 unexpected failure", "2 bad input", "75 temporary failure", "130/143 interrupted"):
+    for code in (
+        "0 done",
+        "1 unexpected failure",
+        "2 bad input",
+        "75 temporary failure",
+        "130/143 interrupted",
+    ):
         assert code in " ".join(result.stdout.split())
 
 
@@ -86,7 +92,10 @@ def test_every_help_ends_with_two_or_three_examples_of_that_command(run: Extract
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_accepts_the_global_options_after_its_name(run: Extractor, command: str) -> None:
-    result = run(f"{command} --db sqlite:///x.db --base-url {run.exchange.url} --config c.toml --log-format json -v -q -h")
+    result = run(
+        f"{command} --db sqlite:///x.db --base-url {run.exchange.url} --config c.toml",
+        "--log-format=json -v -q -h",
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"Usage: binance-extractor {command} ")
 
@@ -182,7 +191,9 @@ def test_backfill_by_default_takes_closed_days_from_archive_files_and_the_rest_f
 def test_backfill_reads_every_when_form_as_utc(run: Extractor, start: str, end: str) -> None:
     result = run("backfill -s ETHUSDT -i 1h --start", start, "--end", end)
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"spot ETHUSDT 1h {JUNE_1}: 24 candles written, 24 from 1 archive file, 0 requests\n"
+    assert (
+        result.stdout == f"spot ETHUSDT 1h {JUNE_1}: 24 candles written, 24 from 1 archive file, 0 requests\n"
+    )
 
 
 @pytest.mark.parametrize("when", ["168557760", "16855776000", "168557760000000", "16855776000000000"])
@@ -223,7 +234,9 @@ def test_backfill_symbols_and_intervals_repeat_and_take_comma_lists_in_order_wit
     assert result.exit_code == 0, result.output
     series = [line.split(" 2023-")[0] for line in result.stdout.splitlines()]
     assert series == [
-        f"spot {symbol} {interval}" for symbol in ("BTCUSDT", "ETHUSDT", "BNBUSDT") for interval in ("1d", "12h")
+        f"spot {symbol} {interval}"
+        for symbol in ("BTCUSDT", "ETHUSDT", "BNBUSDT")
+        for interval in ("1d", "12h")
     ]
     run.assert_matches_exchange("BNBUSDT", "12h", ms("2023-06-01"), ms("2023-06-03"))
 
@@ -246,7 +259,9 @@ def test_backfill_progress_bars_only_when_asked(run: Extractor) -> None:
 
 
 def test_backfill_progress_over_rest_counts_every_candle_of_the_series(run: Extractor) -> None:
-    shown = run("backfill -s ETHUSDT -i 1m --start 2023-06-01 --end 2023-06-02T12:00 --progress --source rest")
+    shown = run(
+        "backfill -s ETHUSDT -i 1m --start 2023-06-01 --end 2023-06-02T12:00 --progress --source rest"
+    )
     assert shown.exit_code == 0, shown.output
     final = shown.stderr.split("\r")[-1]
     assert final.startswith("spot ETHUSDT 1m 100%|")
@@ -261,7 +276,9 @@ def test_backfill_quiet_prints_nothing_but_still_stores(run: Extractor) -> None:
 
 
 @pytest.mark.parametrize("concurrency", ["0", "65", "-1", "2.9", "true", "many"])
-def test_backfill_concurrency_out_of_bounds_or_not_whole_is_bad_input(run: Extractor, concurrency: str) -> None:
+def test_backfill_concurrency_out_of_bounds_or_not_whole_is_bad_input(
+    run: Extractor, concurrency: str
+) -> None:
     result = run("backfill -s ETHUSDT -i 1h --start 2023-06-01 --end 2023-06-02 --concurrency", concurrency)
     assert result.exit_code == 2
     assert result.stderr == (
@@ -290,7 +307,8 @@ def test_concurrency_from_the_config_or_environment_must_be_a_whole_number(
     result = run("backfill -s ETHUSDT -i 1h --start 2023-06-01 --end 2023-06-02", **env)
     assert result.exit_code == 2
     assert result.stderr == (
-        f"binance-extractor: error: invalid concurrency ({culprit}) {shown}: expected a whole number from 1 to 64\n"
+        f"binance-extractor: error: invalid concurrency ({culprit}) {shown}: "
+        "expected a whole number from 1 to 64\n"
     )
     assert run.requests() == 0
 

@@ -129,7 +129,9 @@ def test_gaps_audits_every_symbol_and_interval_given(around_outage: Extractor) -
 
 
 def test_gaps_takes_the_series_from_the_environment(around_outage: Extractor) -> None:
-    result = around_outage("gaps --end 2023-03-24T15:00", EXTRACTOR_SYMBOLS="BTCUSDT", EXTRACTOR_INTERVALS="1m")
+    result = around_outage(
+        "gaps --end 2023-03-24T15:00", EXTRACTOR_SYMBOLS="BTCUSDT", EXTRACTOR_INTERVALS="1m"
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[0] == "spot BTCUSDT 1m:"
 
@@ -188,8 +190,10 @@ def test_status_lists_each_stored_series_with_its_first_last_count_holes_and_gap
     header, *rows = result.stdout.splitlines()
     assert header == STATUS_HEADER
     assert [row.rsplit("  ", 1)[0] for row in rows] == [
-        "spot   BTCUSDT        1m   2023-03-24T12:00:00Z 2023-03-24T14:59:00Z          90       10          80",
-        "spot   ETHUSDT        1h   2023-06-01T00:00:00Z 2023-06-01T23:00:00Z          24        0           0",
+        "spot   BTCUSDT        1m   2023-03-24T12:00:00Z 2023-03-24T14:59:00Z"
+        "          90       10          80",
+        "spot   ETHUSDT        1h   2023-06-01T00:00:00Z 2023-06-01T23:00:00Z"
+        "          24        0           0",
     ]
     for row in rows:  # the last write, to the second
         assert row.rsplit("  ", 1)[1].endswith("Z")
