@@ -94,7 +94,10 @@ def test_every_help_ends_with_two_or_three_examples_of_that_command(run: Extract
 def test_every_command_accepts_the_global_options_after_its_name(run: Extractor, command: str) -> None:
     result = run(
         f"{command} --db sqlite:///x.db --base-url {run.exchange.url} --config c.toml",
-        "--log-format=json -v -q -h",
+        "--log-format=json",
+        "-v",
+        "-q",
+        "-h",
     )
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"Usage: binance-extractor {command} ")
