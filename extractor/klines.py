@@ -7,8 +7,10 @@ describes a candle that can exist; anything else is a malformed answer, retried 
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from itertools import repeat
@@ -136,18 +138,24 @@ def is_sane(o: str, h: str, lo: str, c: str, v: str, qv: str, tbv: str, tqv: str
 
 
 _new_kline = tuple.__new__
-_is_decimal_column = re.compile(f"{_DECIMAL_TEXT}(?:\x00{_DECIMAL_TEXT})*+").fullmatch
 _DOT = "."
 
 
-def _scale(column: tuple[str, ...]) -> int | None:
-    """The one number of characters from the point to the end shared by a column of decimals, or None
-    when a value has no point or the values differ."""
-    points = tuple(map(str.find, column, repeat(_DOT)))
-    if min(points) < 0:
-        return None
-    scales = set(map(operator.sub, map(len, column), points))
-    return scales.pop() if len(scales) == 1 else None
+def _first_scale(text: str) -> int | None:
+    """Places after the point of one decimal text, or None without a point (or a place)."""
+    point = text.find(_DOT)
+    return len(text) - point - 1 if 0 <= point < len(text) - 1 else None
+
+
+@functools.cache
+def _is_scaled_column(scale: int) -> Callable[[str], re.Match[str] | None]:
+    """``fullmatch`` of a column of decimals joined by NUL, every one with exactly ``scale`` places: what
+    ``_DECIMAL_TEXT`` accepts (at most 30 integer digits, 35 characters), narrowed to one scale."""
+    if not 1 <= scale <= MAX_DECIMAL_PLACES:
+        return lambda text: None
+    digits = min(29, MAX_DECIMAL_CHARACTERS - 2 - scale)
+    one = rf"(?:0|[1-9][0-9]{{0,{digits}}}+)\.[0-9]{{{scale}}}"
+    return re.compile(f"{one}(?:\x00{one})*+").fullmatch
 
 
 def _ordered(low: tuple[str, ...], high: tuple[str, ...]) -> bool:
@@ -177,13 +185,16 @@ def _from_columns(series: Series, columns: list[tuple[Any, ...]], start: int, en
         phase = MONDAY_OFFSET % step if interval.name == "1w" else 0
         if set(map(step.__rmod__, map((-phase).__add__, ot))) != {0}:
             return None
+    scales = []
     for column in (o, h, lo, c, v, qv, tbv, tqv):
-        if set(map(type, column)) != {str} or not _is_decimal_column("\x00".join(column)):
+        if set(map(type, column)) != {str}:
             return None
-    price = _scale(o)
-    if price is None or not price == _scale(h) == _scale(lo) == _scale(c):
-        return None
-    if _scale(v) is None or _scale(v) != _scale(tbv) or _scale(qv) is None or _scale(qv) != _scale(tqv):
+        scale = _first_scale(column[0])
+        if scale is None or not _is_scaled_column(scale)("\x00".join(column)):
+            return None
+        scales.append(scale)
+    price, high, low, close, volume, quote, taker, taker_quote = scales
+    if not price == high == low == close or volume != taker or quote != taker_quote:
         return None
     if not (
         _ordered(lo, o)
@@ -217,12 +228,16 @@ def parse_csv(series: Series, lines: list[str], start: int, end: int) -> list[Kl
     """
     if not lines:
         return []
-    fields = [line.rstrip("\r").split(",") for line in lines]
-    if set(map(len, fields)) != {12}:
-        bad = next(i for i, row in enumerate(fields) if len(row) != 12)
-        raise MalformedResponse(f"csv row {bad}: {len(fields[bad])} fields, not 12: {lines[bad]!r:.80}")
-    columns: list[tuple[Any, ...]] = list(zip(*fields, strict=True))
-    del fields
+    if set(map(str.count, lines, repeat(","))) != {11}:
+        bad = next(i for i, line in enumerate(lines) if line.count(",") != 11)
+        raise MalformedResponse(
+            f"csv row {bad}: {lines[bad].count(',') + 1} fields, not 12: {lines[bad]!r:.80}"
+        )
+    # Every line has 12 fields: one split of the whole chunk, then a slice per column (C-level, no
+    # list per row).
+    flat = ",".join(lines).split(",")
+    columns: list[tuple[Any, ...]] = [tuple(flat[i::12]) for i in range(12)]
+    del flat
     for index in (0, 6, 8):
         if not _is_digits_column("\x00".join(columns[index])):
             bad = next(
