@@ -105,7 +105,9 @@ class SqlKlineStore(KlineStore):
         """This dialect's words for a driver error: unavailable, refused input, or refused data."""
 
     def _reason(self, exc: sa_exc.DBAPIError) -> str:
-        return self._masked(str(exc.orig) if exc.orig is not None else str(exc))[:300]
+        """The driver's words, masked, on one line: libpq adds an indented hint line after the error."""
+        text = str(exc.orig) if exc.orig is not None else str(exc)
+        return " ".join(self._masked(text).split())[:300]
 
     def _masked(self, text: str) -> str:
         """``text`` with the URL's password masked: drivers may quote the connection string."""
