@@ -340,7 +340,8 @@ def extract(ctx: click.Context, /, **flags: Any) -> None:
     settings = _settings(ctx, **flags)
     if settings.lookback_ms > _now_ms():
         raise BadInputError(
-            f"invalid lookback: {settings.lookback_ms // 86_400_000:,} days reaches before 1970"
+            f"invalid lookback (--lookback / EXTRACTOR_LOOKBACK): {settings.lookback_ms // 86_400_000:,} days "
+            "reaches before 1970"
         )
     import logging
 
