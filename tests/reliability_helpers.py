@@ -421,6 +421,8 @@ class Gate:
         self.exchange = exchange
         self.after = after
         self.held = 0
+        self.clients: list[str] = []
+        """The client address of every REST request, held or not, as it arrived."""
         self._opened = threading.Event()
         self._lock = threading.Lock()
 
@@ -436,6 +438,8 @@ class Gate:
         self._opened.set()
 
     def _admit(self, market: str, client: str) -> None:
+        with self._lock:
+            self.clients.append(client)
         if self._opened.is_set() or self.exchange.request_counts[KLINES] <= self.after:
             return
         with self._lock:
