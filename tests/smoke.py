@@ -1,6 +1,8 @@
 """`make smoke`: the installed console script against the fake exchange, into a temporary SQLite file.
 
-Runs `check`, a small backfill and a cron `extract`, then compares the stored candles with the exchange's.
+Runs `check`, a small backfill on the default source (auto: the fake's archive files, then REST), a cron
+`extract` and `status`, then compares the stored candles with the exchange's. Nothing leaves loopback: the
+REST and archive URLs are the fake's, and every variable of ours from the shell is dropped.
 """
 
 from __future__ import annotations
@@ -42,10 +44,12 @@ def main() -> int:
     failures: list[str] = []
     with tempfile.TemporaryDirectory() as tmp, FakeExchange() as exchange:
         db = Path(tmp) / "smoke.db"
+        ours = ("EXTRACTOR_", "CIRCUIT_BREAKER_", "LOG_", "BINANCE_", "DATABASE_URL")
         env = {
-            **os.environ,
+            **{name: value for name, value in os.environ.items() if not name.startswith(ours)},
             "DATABASE_URL": f"sqlite:///{db}",
             "BINANCE_API_URL": exchange.url,
+            "BINANCE_ARCHIVE_URL": exchange.archive_url,
             "EXTRACTOR_STATE_DIR": str(Path(tmp) / "state"),
             "EXTRACTOR_SYMBOLS": "BTCUSDT,ETHUSDT",
         }
@@ -58,6 +62,8 @@ def main() -> int:
         backfill = run(backfill_args, env)
         if backfill.returncode != 0:
             failures.append("backfill did not exit 0")
+        if not exchange.archive_counts or " from 2 archive files, " not in backfill.stdout:
+            failures.append("backfill did not take the closed days from the archive (the default source)")
         for symbol in ("BTCUSDT", "ETHUSDT"):
             for interval in ("1m", "1h"):
                 want = [tuple(row[:11]) for row in exchange.rows(symbol, interval, start, end)]
@@ -76,10 +82,15 @@ def main() -> int:
         got = stored(db, "BNBUSDT", "1m", lo, hi)
         if got != want or len(want) < 170:
             failures.append(f"extract BNBUSDT 1m: stored {len(got)} rows, exchange has {len(want)}")
-        before = exchange.request_counts["/api/v3/klines"]
+        before = exchange.request_counts.copy()
         again = run(backfill_args, env)
-        if again.returncode != 0 or exchange.request_counts["/api/v3/klines"] - before > 2:
+        asked = exchange.request_counts - before
+        if again.returncode != 0 or asked["/api/v3/klines"] or any(p.startswith("/data/") for p in asked):
             failures.append("rerun of a finished backfill failed or fetched again")
+        everything = {name: value for name, value in env.items() if name != "EXTRACTOR_SYMBOLS"}
+        status = run(["status"], everything)  # EXTRACTOR_SYMBOLS would narrow it to those symbols
+        if status.returncode != 0 or len(status.stdout.splitlines()) != 1 + 5:  # header, 5 series
+            failures.append("status did not list the five stored series")
         print(f"smoke: {time.monotonic() - began:.1f} s, {sum(exchange.request_counts.values())} requests")
     for failure in failures:
         print(f"smoke: FAIL {failure}")
