@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -447,14 +447,10 @@ class Gate:
         self._opened.wait(RUN_TIMEOUT)
 
 
-def stored_count(url: str, symbol: str = "BTCUSDT", interval: str = "1m") -> Callable[[], int]:
-    """A poll of how many candles of the series the database at ``url`` holds (its schema made first)."""
+@contextlib.contextmanager
+def counting_stored(url: str, symbol: str = "BTCUSDT", interval: str = "1m") -> Iterator[Callable[[], int]]:
+    """A poll of how many candles of the series the database at ``url`` holds, on one store of the test's
+    own (which makes the schema first, as the run would)."""
     series = series_of(symbol, interval)
-    store = open_store(url)
-    store.close()
-
-    def count() -> int:
-        with open_store(url, create=False) as reader:
-            return reader.count(series, 0, 2**62)
-
-    return count
+    with open_store(url) as store:
+        yield lambda: store.count(series, 0, 2**62)

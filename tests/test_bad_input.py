@@ -148,8 +148,9 @@ def test_an_unreachable_database_host_is_exit_75_with_one_error_line(
     tmp_path: Path, fake_exchange: FakeExchange
 ) -> None:
     url = "mysql+pymysql://root:pw@127.0.0.1:1/x"
+    env = {**env_for(tmp_path, fake_exchange, url), "CIRCUIT_BREAKER_DB_FAILURE_THRESHOLD": "2"}
 
-    result = CliRunner().invoke(cli, SHORT_BACKFILL, env=env_for(tmp_path, fake_exchange, url))
+    result = CliRunner().invoke(cli, SHORT_BACKFILL, env=env)
 
     assert result.exit_code == 75
     line = the_error(result.stderr)  # after the WARNING that the db breaker opened

@@ -18,7 +18,6 @@ from tests.fake_exchange import FakeExchange, Faults
 from tests.reliability_helpers import (
     BREAKER_OPEN,
     EXTRACT,
-    KLINES,
     RUN_TIMEOUT,
     SHORT_BACKFILL,
     START_MS,
@@ -26,25 +25,25 @@ from tests.reliability_helpers import (
     assert_exact,
     backfill_with,
     breaker_states,
+    counting_stored,
     exchange_env,
     one_line,
     pages_asked,
     run_cli,
     sqlite_url_in,
     start_cli,
-    stored_count,
     the_error,
     via_proxy,
     wait_until,
     window_fill,
 )
-from tests.services import TcpProxy
+from tests.tcp_proxy import TcpProxy
 
-OUTAGE_END_MS = START_MS + 20 * 86_400_000
+OUTAGE_END_MS = START_MS + 10 * 86_400_000
 OUTAGE_BACKFILL = backfill_with(["--end", str(OUTAGE_END_MS), "--concurrency", "2"])
-OUTAGE_WINDOWS = 29
-"""Pages of the outage backfill: 28,800 candles, two in flight."""
-CUT_AFTER = 15
+OUTAGE_WINDOWS = 15
+"""Pages of the outage backfill: 14,400 candles, two in flight."""
+CUT_AFTER = 7
 """The database is cut once this many pages were asked for and some were written; the rest are held
 until then, so some windows are written and some are not."""
 
@@ -79,8 +78,7 @@ def cut_database_mid_run(
 ) -> tuple[int, str]:
     """Start ``args``; once it has written some windows and asked for CUT_AFTER pages (the next held),
     refuse and reset every database connection, then let the exchange answer again; (exit, stderr)."""
-    stored = stored_count(direct_url)
-    with Gate(exchange, after=CUT_AFTER) as gate:
+    with counting_stored(direct_url) as stored, Gate(exchange, after=CUT_AFTER) as gate:
         process = start_cli(args, env)
         wait_until(lambda: gate.held > 0 and stored() > 0, process, f"{CUT_AFTER} pages and a write")
         proxy.refuse(True)
