@@ -167,6 +167,28 @@ def test_a_listing_mid_month_is_rest_exactly_and_the_time_before_it_a_recorded_g
     assert "absent on the exchange" in result.stdout
 
 
+def test_a_range_years_before_the_listing_asks_for_no_file_that_cannot_exist(
+    fake_exchanges: Any, tmp_path: Path
+) -> None:
+    """--start 2017 for a symbol listed in 2024: the probe answers first, so no month before the listing
+    is asked of the archive (each would be a 404 and a warning)."""
+    listed = ms("2024-11-13T08:00")
+    fake = fake_exchanges(symbols={**default_symbols("spot"), "NEWUSDT": SymbolSpec(listed)})
+    run = Extractor(fake, tmp_path)
+
+    result = run.backfill("spot", "NEWUSDT", "1d", "2017-01-01", "2025-01-01", source="auto")
+
+    assert result.exit_code == 0, result.output
+    assert warnings(result) == []
+    asked = [p for p in fake.archive_counts if "/NEWUSDT-1d-" in p]
+    assert asked and all(p.rsplit("-1d-", 1)[1] >= "2024-11-13" for p in asked), sorted(asked)
+    assert not [r for r in fake.log if r.status == 404]
+    series = series_of("spot", "NEWUSDT", "1d")
+    assert run.stored("auto", series, 0, ms("2025-01-01")) == fake.rows(
+        "NEWUSDT", "1d", ms("2017-01-01"), ms("2025-01-01")
+    )
+
+
 def test_an_outage_inside_a_daily_file_is_recorded_in_exchange_gaps_as_rest_records_it(
     extractor: Extractor,
 ) -> None:

@@ -2,8 +2,9 @@
 
 A range that may precede a listing (nothing stored before it) is probed first: one request finds the
 first candle, and the range before it is recorded as absent on the exchange (after a second request
-confirms it) and never asked for again. The probe runs beside the first windows, which assume the
-listing is older; if it is not, the windows that follow start at the listing instead.
+confirms it) and never asked for again. The probe runs beside the first REST windows, which assume the
+listing is older; if it is not, the windows that follow start at the listing instead. Archive files
+wait for the probe's answer: one published before the listing does not exist.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ class SeriesWindows:
             lo, hi = ranges.popleft()
             windows = planned.get((lo, hi))
             for window in windows if windows is not None else self.source.plan(series, lo, hi):
-                if probe is not None and probe.done():
+                # An archive file before the listing would be a 404 and a warning: wait for the probe.
+                if probe is not None and (probe.done() or window.file):
                     first = self._listed(plan, probe.result())
                     probe = None
                     if first is None:
