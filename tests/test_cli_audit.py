@@ -249,6 +249,8 @@ def test_status_of_a_database_that_does_not_exist_says_nothing_is_stored(
     run: Extractor, tmp_path: Path
 ) -> None:
     elsewhere = tmp_path / "typo.db"
-    result = run(f"status --db sqlite:///{elsewhere}")
-    assert result.exit_code == 0, result.output
-    assert result.stdout == f"nothing stored in sqlite:///{elsewhere}\n"
+    for args in ("", " -s BTCUSDT", " -i 1m"):
+        result = run(f"status --db sqlite:///{elsewhere}{args}")
+        assert result.exit_code == 0, result.output
+        assert result.stdout == f"nothing stored in sqlite:///{elsewhere}\n"
+        assert not elsewhere.exists(), "asking what is stored created the database"

@@ -121,12 +121,14 @@ def gaps(
 
 
 def status(runtime: Runtime) -> list[audit.SeriesStatus]:
-    wanted: list[Series] | None = None
     specs = [s for s in runtime.settings.specs if s.symbols or s.intervals]
+    if not specs and runtime.settings.shard is not None:
+        raise BadInputError("status --shard needs the series of the fleet: give -s/-i or a config file")
+    if not runtime.database_exists():
+        return []  # nothing stored, and nothing created by asking
+    wanted: list[Series] | None = None
     if specs:
         wanted = runtime.select([one for spec in specs for one in _status_series(runtime, spec)])
-    elif runtime.settings.shard is not None:
-        raise BadInputError("status --shard needs the series of the fleet: give -s/-i or a config file")
     return audit.status(runtime.store, wanted)
 
 

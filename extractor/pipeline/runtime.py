@@ -238,6 +238,16 @@ class Runtime:
             store.open()  # listened to, so a recovery met on opening is recorded too
         return self._store
 
+    def database_exists(self) -> bool:
+        """Whether the database exists yet, asked without creating it (an SQLite file may not)."""
+        if self._store is not None:
+            return True
+        probe = open_store(self.settings.db_url, breaker=self.db_breaker, create=False)
+        try:
+            return probe.exists()
+        finally:
+            probe.close()
+
     # -- the end of the run ---------------------------------------------------------------------------
 
     def close(self) -> None:

@@ -234,6 +234,10 @@ class KlineStore(ABC):
         finally:
             locks.__exit__(None, None, None)
 
+    def exists(self) -> bool:
+        """False when the database is a file not created yet (read-only commands then create nothing)."""
+        return True
+
     def check_writable(self) -> str:
         """Connect and write a probe in a transaction that is rolled back (creating nothing); raises if
         that fails, else says what was checked."""

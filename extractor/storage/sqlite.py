@@ -108,6 +108,9 @@ class SqliteKlineStore(SqlKlineStore):
             )
         )
 
+    def exists(self) -> bool:
+        return self.path.exists()
+
     def _probe(self) -> str:
         if not self.path.exists():
             with tempfile.NamedTemporaryFile(dir=self.path.parent, prefix=f".{self.path.name}.probe-"):
