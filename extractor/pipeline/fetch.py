@@ -102,6 +102,8 @@ class Engine:
         self._progress = progress
         self._memory_budget = memory_budget
         self._reserved = 0
+        self._writing = 0
+        """Bytes of the answers the writer holds now: still counted in ``_reserved`` until written."""
         self._limit = InFlightLimit(concurrency, source.capacity)
         self._pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="fetch")
         self._pending: deque[_Pending] = deque()
@@ -143,7 +145,7 @@ class Engine:
         for pending in self._pending:
             pending.future.cancel()
         self._pending.clear()
-        self._reserved = 0
+        self._reserved = self._writing = 0
         self._windows = iter(())
         self._held = None
 
@@ -159,42 +161,49 @@ class Engine:
             answers = self._next_answers()
             if not answers:
                 continue
-            self._refill()
-            began = time.monotonic()
-            if answers[0].window.file:
-                try:
-                    self.writer.write_file(answers[0])
-                except ArchiveUnavailable as reason:
-                    self._replace(answers[0].window, reason)
-                    continue
-            else:
-                prepared = []
-                for answer in answers:
+            self._refill()  # what the writer holds still counts, so the budget covers it too
+            try:
+                began = time.monotonic()
+                if answers[0].window.file:
                     try:
-                        prepared.append(self.writer.prepare(answer))
-                    except Exception as exc:
-                        self._set_aside(answer.window, exc)
-                self.writer.commit([p for p in prepared if p.window.series not in self.failed])
-            self._limit.wrote((time.monotonic() - began) / len(answers))
-            if self._progress is not None:
-                for answer in answers:
-                    window = answer.window
-                    self._progress.advance(window.series, window.candles, 1 if window.file else 0)
+                        self.writer.write_file(answers[0])
+                    except ArchiveUnavailable as reason:
+                        self._replace(answers[0].window, reason)
+                        continue
+                else:
+                    prepared = []
+                    for answer in answers:
+                        try:
+                            prepared.append(self.writer.prepare(answer))
+                        except Exception as exc:
+                            self._set_aside(answer.window, exc)
+                    self.writer.commit([p for p in prepared if p.window.series not in self.failed])
+                self._limit.wrote((time.monotonic() - began) / len(answers))
+                if self._progress is not None:
+                    for answer in answers:
+                        window = answer.window
+                        self._progress.advance(window.series, window.candles, 1 if window.file else 0)
+            finally:
+                self._reserved -= self._writing
+                self._writing = 0
 
     def _next_answers(self) -> list[Answer]:
         """The next answer to write, waiting for it, and the REST answers ready right behind it."""
         pending = self._pending.popleft()
-        self._reserved -= pending.reserved
         if pending.window.series in self.failed:
+            self._reserved -= pending.reserved
             return []
         try:
             answers = [self.result(pending.future)]
         except ArchiveUnavailable as reason:
+            self._reserved -= pending.reserved
             self._replace(pending.window, reason)
             return []
         except Exception as exc:
+            self._reserved -= pending.reserved
             self._set_aside(pending.window, exc)
             return []
+        self._writing += pending.reserved
         if pending.window.file:
             return answers
         while len(answers) < WINDOWS_PER_TRANSACTION and self._pending:
@@ -204,7 +213,7 @@ class Engine:
             if ready.window.series in self.failed:
                 break
             self._pending.popleft()
-            self._reserved -= ready.reserved
+            self._writing += ready.reserved
             answers.append(ready.future.result())
         return answers
 
