@@ -454,3 +454,19 @@ def counting_stored(url: str, symbol: str = "BTCUSDT", interval: str = "1m") -> 
     series = series_of(symbol, interval)
     with open_store(url) as store:
         yield lambda: store.count(series, 0, 2**62)
+
+
+def settled_prefix(exchange: FakeExchange, gate: Gate, start: int, end: int) -> int | None:
+    """Candles of the BTCUSDT 1m pages of ``[start, end)`` answered in plan order up to the first page
+    not answered, once every klines request that passed ``gate`` has been answered (None before that):
+    what a run frozen at the gate has stored once its writer has caught up."""
+    logged = sum(1 for r in list(exchange.log) if r.path == KLINES)
+    if gate.held == 0 or exchange.request_counts[KLINES] != logged + gate.held:
+        return None
+    answered = set(pages_asked(exchange))
+    candles = 0
+    for lo, hi in Interval.parse("1m").tiles(start, end, SPOT.page_limit):
+        if lo not in answered:
+            break
+        candles += len(exchange.rows("BTCUSDT", "1m", lo, hi))
+    return candles

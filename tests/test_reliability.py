@@ -35,6 +35,7 @@ from tests.reliability_helpers import (
     pages_asked,
     run_cli,
     series_of,
+    settled_prefix,
     sqlite_url_in,
     start_cli,
     wait_until,
@@ -153,7 +154,13 @@ def test_a_signal_ends_a_run_within_2_s_with_its_code_and_every_window_whole(
 
     with counting_stored(sqlite_url) as stored, Gate(fake_exchange, after=15) as gate:
         process = start_cli(KILLED_BACKFILL, env)
-        wait_until(lambda: gate.held > 0 and stored() > 0, process, "a write, and requests waiting")
+        # Signalled once the writer has stored all it can and waits for a held page: had the signal come
+        # right after a commit, the count it reports would depend on the moment.
+        wait_until(
+            lambda: stored() > 0 and stored() == settled_prefix(fake_exchange, gate, START_MS, KILL_END_MS),
+            process,
+            "a write, then every answered page written",
+        )
         sent = time.monotonic()
         process.send_signal(number)
         _, stderr = process.communicate(timeout=RUN_TIMEOUT)
@@ -182,7 +189,10 @@ def test_a_signal_ends_a_run_waiting_out_a_429_within_2_s(
     # The fake's clock stands still, so its minute of weight never ends while the run waits.
     exchange = fake_exchanges(retry_after=600, clock=ManualClock(time.time()))
     assert exchange.spend(exchange.weight_limit, address="127.0.0.1")  # another client on the same IP
-    process = start_cli(BACKFILL, exchange_env(tmp_path / "state", exchange, sqlite_url))
+    # One request at a time, so that the first is refused before any other is sent.
+    process = start_cli(
+        [*BACKFILL, "--concurrency", "1"], exchange_env(tmp_path / "state", exchange, sqlite_url)
+    )
     wait_until(lambda: exchange.total_weight_429s > 0, process, "a 429")
 
     sent = time.monotonic()
@@ -193,7 +203,8 @@ def test_a_signal_ends_a_run_waiting_out_a_429_within_2_s(
     assert process.returncode == 143
     assert took < 2.0, f"the run took {took:.1f} s to end after SIGTERM"
     assert stderr.splitlines()[-1].startswith("binance-extractor: interrupted by SIGTERM: 0 candles stored")
-    assert exchange.total_weight_429s == 1, "nothing was sent during the Retry-After"
+    assert exchange.total_weight_429s == 1
+    assert sum(exchange.request_counts.values()) == 1, "nothing was sent during the Retry-After"
 
 
 # ----------------------------------------------------------------------------------------------- R2 flapping
