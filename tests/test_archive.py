@@ -189,6 +189,34 @@ def test_a_range_years_before_the_listing_asks_for_no_file_that_cannot_exist(
     )
 
 
+def test_the_range_before_candles_stored_from_the_listing_on_is_recorded_once_and_never_asked_again(
+    fake_exchanges: Any, tmp_path: Path
+) -> None:
+    """A first backfill stored from the listing on; one from years before finds nothing there (the
+    probe and a confirmation), records it as absent, and a rerun sends no klines request at all."""
+    listed = ms("2024-11-13")
+    fake = fake_exchanges(symbols={**default_symbols("spot"), "NEWUSDT": SymbolSpec(listed)})
+    run = Extractor(fake, tmp_path)
+    first = run.backfill("spot", "NEWUSDT", "1h", "2024-11-13", "2024-12-01", source="rest", db="one")
+    assert first.exit_code == 0, first.output
+
+    fake.reset_counts()
+    earlier = run.backfill("spot", "NEWUSDT", "1h", "2020-01-01", "2024-12-01", source="rest", db="one")
+    assert earlier.exit_code == 0, earlier.output
+    probes = [p for p in klines_requests(fake) if p.get("limit") == "1"]
+    assert len(probes) == 2  # the probe and its confirmation (pages may start beside the probe)
+    series = series_of("spot", "NEWUSDT", "1h")
+    assert run.gaps("one", series, 0, listed) == [(ms("2020-01-01"), listed)]
+
+    fake.reset_counts()
+    again = run.backfill("spot", "NEWUSDT", "1h", "2020-01-01", "2024-12-01", source="rest", db="one")
+    assert again.exit_code == 0, again.output
+    assert klines_requests(fake) == []
+    assert run.stored("one", series, 0, ms("2024-12-01")) == fake.rows(
+        "NEWUSDT", "1h", ms("2020-01-01"), ms("2024-12-01")
+    )
+
+
 def test_an_outage_inside_a_daily_file_is_recorded_in_exchange_gaps_as_rest_records_it(
     extractor: Extractor,
 ) -> None:

@@ -120,13 +120,17 @@ class SeriesWindows:
         series = report.series
         start = plan.todo[0][0]
         if first is None:
-            log.info("%s: no candle from %s on: nothing listed yet", series, format_utc(start / 1000))
-            return None
+            end = plan.todo[-1][1]
+            listed = self.store.first_open_time(series, start=end)
+            if listed is None:
+                log.info("%s: no candle from %s on: nothing listed yet", series, format_utc(start / 1000))
+                return None
+            first = end  # the stored candles after the range are the listing's: all before is absent
         if first > start and self.exchange.any_open_time(series, start, first) is None:
             self.store.record_exchange_gap(series, start, first, confirmations=2, confirmed_at=self._now_ms())
             skipped = series.interval.count(start, first)
             report.exchange_gap_candles += skipped
             report.planned = max(0, report.planned - skipped)
-            report.requests += 2
+            report.requests += 2  # the probe and the request that confirmed it
             log.info("%s: listed at %s; nothing asked for before it", series, format_utc(first / 1000))
         return first
