@@ -56,7 +56,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert loaded.market is SPOT
     assert (loaded.concurrency, loaded.attempts, loaded.retry_budget) == (32, 10, 30.0)
     assert (loaded.read_timeout, loaded.backoff, loaded.lookback_ms) == (10.0, 0.5, 86_400_000)
-    assert (loaded.source, loaded.log_format, loaded.log_level, loaded.shard) == ("rest", "text", None, None)
+    assert (loaded.source, loaded.log_format, loaded.log_level, loaded.shard) == ("auto", "text", None, None)
     assert loaded.state_dir == tmp_path / ".cache" / "binance-extractor"
     assert loaded.api_key is None and loaded.secrets == ()
 
