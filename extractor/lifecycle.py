@@ -10,7 +10,9 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, wait
 from types import FrameType
+from typing import Any
 
 from extractor.errors import EXIT_SIGINT, EXIT_SIGTERM, Interrupted
 
@@ -47,6 +49,20 @@ class RunStop:
         if seconds > 0 and self._event.wait(seconds):
             raise Cancelled(self.reason)
         self.check()
+
+
+SIGNAL_POLL_SECONDS = 0.1
+
+
+def wait_done(future: Future[Any]) -> None:
+    """Wait in the main thread until ``future`` is done, in slices of :data:`SIGNAL_POLL_SECONDS`.
+
+    CPython runs a signal's handler between bytecodes; a signal caught just before a lock wait begins
+    does not interrupt that wait, so a wait without a timeout could hold SIGINT or SIGTERM until the
+    future is done (a 429's pause: minutes). Slices bound that to one slice.
+    """
+    while not future.done():
+        wait((future,), timeout=SIGNAL_POLL_SECONDS)
 
 
 _SIGNALS = {signal.SIGINT: ("SIGINT", EXIT_SIGINT), signal.SIGTERM: ("SIGTERM", EXIT_SIGTERM)}

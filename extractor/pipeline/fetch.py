@@ -14,14 +14,14 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, TypeVar
 
 from extractor.errors import ArchiveUnavailable
 from extractor.klines import Series
-from extractor.lifecycle import RunStop
+from extractor.lifecycle import RunStop, wait_done
 from extractor.pipeline.write import Writer
 from extractor.sources.base import Answer, KlineSource, Window
 
@@ -131,7 +131,7 @@ class Engine:
         """What ``future`` returns; an idle wait for it tells the in-flight limit the link is slow."""
         if not future.done():
             began, cpu_began = time.monotonic(), time.process_time()
-            wait((future,))
+            wait_done(future)
             self._limit.waited(time.monotonic() - began, time.process_time() - cpu_began)
         return future.result()
 

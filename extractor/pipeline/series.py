@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from extractor.errors import format_utc
+from extractor.lifecycle import wait_done
 from extractor.pipeline.fetch import Progress
 from extractor.pipeline.plan import Range, candles_in, subtract
 from extractor.pipeline.write import SeriesReport, Writer
@@ -102,6 +103,7 @@ class SeriesWindows:
             for window in windows if windows is not None else self.source.plan(series, lo, hi):
                 # An archive file before the listing would be a 404 and a warning: wait for the probe.
                 if probe is not None and (probe.done() or window.file):
+                    wait_done(probe)
                     first = self._listed(plan, probe.result())
                     probe = None
                     if first is None:
@@ -112,6 +114,7 @@ class SeriesWindows:
                         break
                 yield window
         if probe is not None:
+            wait_done(probe)
             self._listed(plan, probe.result())
 
     def _listed(self, plan: SeriesPlan, first: int | None) -> int | None:
