@@ -95,7 +95,8 @@ def global_options(func: F) -> F:
             "--db",
             "db_url",
             metavar="URL",
-            help="sqlite:///file.db, mysql+pymysql://…, postgresql+psycopg://…, mongodb://… [env DATABASE_URL; default sqlite:///klines.db]",
+            help="sqlite:///file.db, mysql+pymysql://…, postgresql+psycopg://…, mongodb://… "
+            "[env DATABASE_URL; default sqlite:///klines.db]",
         ),
         click.option(
             "--base-url",
@@ -137,7 +138,8 @@ def series_options(func: F) -> F:
         "intervals",
         multiple=True,
         metavar="INT",
-        help="Kline interval (1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M); repeat or comma-separate. [env EXTRACTOR_INTERVALS]",
+        help="Kline interval (1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M); repeat or comma-separate. "
+        "[env EXTRACTOR_INTERVALS]",
     )(func)
     func = click.option(
         "-s",
@@ -145,7 +147,8 @@ def series_options(func: F) -> F:
         "symbols",
         multiple=True,
         metavar="SYM",
-        help="Symbol such as BTCUSDT (COIN-M: BTCUSD_PERP), or ALL for every TRADING one; repeat or comma-separate. [env EXTRACTOR_SYMBOLS]",
+        help="Symbol such as BTCUSDT (COIN-M: BTCUSD_PERP), or ALL for every TRADING one; repeat or "
+        "comma-separate. [env EXTRACTOR_SYMBOLS]",
     )(func)
     func = click.option(
         "--market",
@@ -169,7 +172,8 @@ def shard_option(func: F) -> F:
     return click.option(
         "--shard",
         metavar="K/N",
-        help="Work on shard K of N of the series (a Kubernetes Indexed Job sets it from JOB_COMPLETION_INDEX and EXTRACTOR_SHARDS). [env EXTRACTOR_SHARD]",
+        help="Work on shard K of N of the series (a Kubernetes Indexed Job sets it from "
+        "JOB_COMPLETION_INDEX and EXTRACTOR_SHARDS). [env EXTRACTOR_SHARD]",
     )(func)
 
 
@@ -244,7 +248,8 @@ def cli(ctx: click.Context, /, **given: Any) -> None:
 @cli.command(
     epilog="Examples:\n\n\b\n  binance-extractor backfill -s BTCUSDT -i 1m --start 2024-01-01\n"
     "  binance-extractor backfill --market usdm -s BTCUSDT,ETHUSDT -i 1h --start 90d --end 30d\n"
-    "  binance-extractor --db mysql+pymysql://bot:secret@db/market backfill -s BTCUSDT -i 1d --start 2017-01-01",
+    "  binance-extractor --db mysql+pymysql://bot:secret@db/market backfill -s BTCUSDT -i 1d "
+    "--start 2017-01-01",
 )
 @series_options
 @quote_option
@@ -264,7 +269,8 @@ def cli(ctx: click.Context, /, **given: Any) -> None:
 @click.option(
     "--source",
     type=click.Choice(SOURCES),
-    help="Where candles come from: auto (archive files for closed months and days, REST for the rest), rest, archive. [env EXTRACTOR_SOURCE]",
+    help="Where candles come from: auto (archive files for closed months and days, REST for the rest), "
+    "rest, archive. [env EXTRACTOR_SOURCE; default auto]",
 )
 @click.option(
     "--archive-url",
@@ -340,8 +346,8 @@ def extract(ctx: click.Context, /, **flags: Any) -> None:
     settings = _settings(ctx, **flags)
     if settings.lookback_ms > _now_ms():
         raise BadInputError(
-            f"invalid lookback (--lookback / EXTRACTOR_LOOKBACK): {settings.lookback_ms // 86_400_000:,} days "
-            "reaches before 1970"
+            "invalid lookback (--lookback / EXTRACTOR_LOOKBACK): "
+            f"{settings.lookback_ms // 86_400_000:,} days reaches before 1970"
         )
     import logging
 
@@ -462,19 +468,22 @@ def status(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
         click.echo(f"nothing stored in {settings.redact(settings.db_url)}")
         return
     click.echo(
-        f"{'market':<6} {'symbol':<14} {'int':<4} {'first':<20} {'last':<20} {'candles':>11} {'holes':>8} {'gap candles':>11}  last write"
+        f"{'market':<6} {'symbol':<14} {'int':<4} {'first':<20} {'last':<20} {'candles':>11} {'holes':>8} "
+        f"{'gap candles':>11}  last write"
     )
     for line in lines:
         s = line.summary
         written = format_utc(s.last_write / 1000) if s.last_write is not None else "-"
         click.echo(
             f"{s.market:<6} {s.symbol:<14} {s.interval:<4} {format_utc(s.first_open_time / 1000):<20} "
-            f"{format_utc(s.last_open_time / 1000):<20} {s.candles:>11,} {line.holes:>8,} {line.exchange_gap_candles:>11,}  {written}"
+            f"{format_utc(s.last_open_time / 1000):<20} {s.candles:>11,} {line.holes:>8,} "
+            f"{line.exchange_gap_candles:>11,}  {written}"
         )
 
 
 @cli.command(
-    epilog="Examples:\n\n\b\n  binance-extractor breakers\n  binance-extractor breakers --json\n  binance-extractor breakers reset"
+    epilog="Examples:\n\n\b\n  binance-extractor breakers\n  binance-extractor breakers --json\n"
+    "  binance-extractor breakers reset"
 )
 @click.argument("action", type=click.Choice(["status", "reset"]), default="status")
 @click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
@@ -499,7 +508,8 @@ def breakers(ctx: click.Context, /, action: str, as_json: bool, **flags: Any) ->
         last = info.get("last_failure_time")
         last_text = format_utc(float(last)) if isinstance(last, int | float) else "never"
         line = (
-            f"{info['name']:<40} {info['state']:<9} failures {info['failure_count']}/{info['failure_threshold']}  "
+            f"{info['name']:<40} {info['state']:<9} "
+            f"failures {info['failure_count']}/{info['failure_threshold']}  "
             f"recovery {info['recovery_timeout']}s  last failure {last_text}"
         )
         if info["seconds_until_trial"]:

@@ -162,7 +162,8 @@ def backfill(
             now = exchange.now_ms()
             if start >= now:
                 raise BadInputError(
-                    f"--start {format_utc(start / 1000)} is in the future (exchange time {format_utc(now / 1000)})"
+                    f"--start {format_utc(start / 1000)} is in the future "
+                    f"(exchange time {format_utc(now / 1000)})"
                 )
             # A window answered before ``settled`` on the exchange could hold a candle still forming then:
             # keep the prefetch only if the exchange had passed ``settled`` before the first of it was asked.
