@@ -14,6 +14,7 @@
     │   ├── RateLimited              75  429 that did not clear (carries retry_after seconds)
     │   ├── IPBanned                 75  418: banned until a known time (carries until_ms)
     │   ├── StorageUnavailable       75  the database cannot be reached or went away
+    │   ├── StorageFull              75  the database's disk is full: free space, then rerun
     │   ├── BreakerOpen              75  a circuit breaker refuses calls until retry_at
     │   ├── RunLocked                75  another run holds the lock for the same database or series
     │   └── SeriesUnavailable        75  some series could not be fetched; the others were stored
@@ -118,6 +119,17 @@ class IPBanned(TemporaryError):
 
 class StorageUnavailable(TemporaryError):
     """The database cannot be reached or dropped the connection."""
+
+
+class StorageFull(TemporaryError):
+    """The database's disk is full: nothing of the write in progress was kept; free space, then rerun.
+    Not an outage: retrying at once cannot help, so it is neither retried nor counted by the db breaker."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(
+            f"the disk of the database at {url} is full ({reason}): free space, then run the same command "
+            "again (every candle stored so far is kept)"
+        )
 
 
 class BreakerOpen(TemporaryError):

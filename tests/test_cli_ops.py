@@ -193,6 +193,7 @@ def _instance(cls: type[errors.ExtractorError]) -> errors.ExtractorError:
         errors.IPBanned: errors.IPBanned(until_ms=1_700_000_000_000),
         errors.BreakerOpen: errors.BreakerOpen("api", 1_700_000_000, "the exchange at api.binance.com"),
         errors.SeriesUnavailable: errors.SeriesUnavailable({"spot BTCUSDT 1m": "archive unreachable"}),
+        errors.StorageFull: errors.StorageFull("sqlite:///klines.db", "database or disk is full"),
         errors.Interrupted: errors.Interrupted("SIGTERM", errors.EXIT_SIGTERM, stored=1),
     }
     return made.get(cls) or cls(f"{cls.__name__} as a user reads it")

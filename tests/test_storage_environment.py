@@ -19,13 +19,15 @@ import bson
 import pymongo
 import pytest
 from bson.decimal128 import Decimal128
+from sqlalchemy import event
 
-from extractor.errors import BadInputError, ExtractorError
+from extractor.errors import BadInputError, ExtractorError, StorageFull
+from extractor.intervals import MINUTE
 from extractor.klines import DECIMAL_FIELDS
 from extractor.storage import SUPPORTED_SCHEMES, open_store
 from extractor.storage.mongo_documents import kline_document, kline_from_document
 from tests.services import MongoServer, unique_name
-from tests.storage_cases import EXACT, T0, WIDEST, candle, db_breaker, every_decimal
+from tests.storage_cases import BTC, EXACT, T0, WIDEST, candle, candles, db_breaker, every_decimal
 
 # ---------------------------------------------------------------------------------------------- SQLite
 
@@ -109,6 +111,30 @@ def test_a_sqlite_file_in_a_missing_directory_is_bad_input(tmp_path: Path) -> No
     with pytest.raises(BadInputError, match=f"the directory {tmp_path}/nowhere does not exist"):
         open_store(f"sqlite:///{tmp_path}/nowhere/klines.db")
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_full_disk_is_temporary_naming_the_database_and_keeps_what_was_stored(tmp_path: Path) -> None:
+    """SQLite's own SQLITE_FULL, provoked by capping the file's pages: exit 75 saying to free space,
+    not exit 1, and the batch that did not fit is not stored in part."""
+    url = f"sqlite:///{tmp_path / 'klines.db'}"
+    store = open_store(url, breaker=db_breaker(threshold=100), sleep=lambda _: None)
+    try:
+        store.write(candles(T0, 10))
+        pages = store._engine.connect().exec_driver_sql("PRAGMA page_count").scalar_one()  # noqa: SLF001
+        event.listen(
+            store._engine,  # noqa: SLF001
+            "connect",
+            lambda conn, _: conn.execute(f"PRAGMA max_page_count = {pages + 2}"),
+        )
+        store._engine.dispose()  # noqa: SLF001  (new connections take the cap)
+        with pytest.raises(StorageFull) as full:
+            store.write(candles(T0 + 10 * MINUTE, 5_000))
+        assert full.value.exit_code == 75
+        assert str(full.value).startswith(f"the disk of the database at {url} is full (")
+        assert "free space, then run the same command again" in str(full.value)
+        assert store.count(BTC, T0, T0 + 6_000 * MINUTE) == 10
+    finally:
+        store.close()
 
 
 def test_an_unknown_scheme_is_bad_input_listing_the_supported_ones() -> None:

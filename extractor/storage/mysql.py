@@ -17,7 +17,14 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.engine import URL, Connection, Engine
 
-from extractor.errors import BadInputError, ExtractorError, StorageError, StorageUnavailable, format_utc
+from extractor.errors import (
+    BadInputError,
+    ExtractorError,
+    StorageError,
+    StorageFull,
+    StorageUnavailable,
+    format_utc,
+)
 from extractor.klines import FIELDS, Kline, Series
 from extractor.secrets import mask_url
 from extractor.storage.records import SeriesLocks
@@ -29,6 +36,7 @@ from utils.circuit_breaker import CircuitBreaker
 _RETRYABLE = {1205, 1213}  # lock wait timeout, deadlock: the transaction is simply run again
 _REFUSED = {1044, 1045, 1049}  # access denied, unknown database: the URL is wrong
 _READ_ONLY = {1290, 1836}  # --read-only server, read-only replica
+_FULL = {1021, 1114}  # disk full, table full (its tablespace could not grow)
 ROWS_PER_STATEMENT = 1_000  # about 150 kB of SQL, well under any max_allowed_packet
 _ROW = "('%s','%s','%s',%d,%s,%s,%s,%s,%s,%d,%s,%d,%s,%s)"
 _KEY = "CHARACTER SET ascii COLLATE ascii_bin NOT NULL"
@@ -158,6 +166,8 @@ class MySqlKlineStore(SqlKlineStore):
             )
         if code in _READ_ONLY:
             return BadInputError(f"the database at {self.url} is read-only: {reason}")
+        if code in _FULL:
+            return StorageFull(self.url, reason)
         if exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError | sa_exc.OperationalError):
             return StorageUnavailable(f"the database at {self.url} is unavailable: {reason}")
         return StorageError(f"the database at {self.url} refused the operation: {reason}")

@@ -17,7 +17,14 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import URL, Connection, Engine
 
-from extractor.errors import BadInputError, ExtractorError, StorageError, StorageUnavailable, format_utc
+from extractor.errors import (
+    BadInputError,
+    ExtractorError,
+    StorageError,
+    StorageFull,
+    StorageUnavailable,
+    format_utc,
+)
 from extractor.klines import Kline, Series
 from extractor.secrets import mask_url
 from extractor.storage.postgres_writes import insert_page, upsert_batches
@@ -164,6 +171,8 @@ class PostgresKlineStore(SqlKlineStore):
             return self._refused_login(reason)
         if state in _READ_ONLY_STATES:
             return BadInputError(f"the database at {self.url} is read-only: {reason}")
+        if state == "53100":  # disk_full
+            return StorageFull(self.url, reason)
         if state == "42501":
             return BadInputError(f"the database at {self.url} refused a privilege this tool needs: {reason}")
         if state.startswith(_UNAVAILABLE_STATES) or state in _CONFLICT_STATES or exc.connection_invalidated:

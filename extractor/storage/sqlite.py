@@ -22,7 +22,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.schema import CreateTable
 
-from extractor.errors import BadInputError, ExtractorError, StorageError, StorageUnavailable
+from extractor.errors import (
+    BadInputError,
+    ExtractorError,
+    StorageError,
+    StorageFull,
+    StorageUnavailable,
+)
 from extractor.klines import FIELDS, Kline, Series
 from extractor.storage.records import SeriesLocks, describe_holder, this_holder
 from extractor.storage.series_locks import file_locks
@@ -132,6 +138,8 @@ class SqliteKlineStore(SqlKlineStore):
                 f"the SQLite database {self.path} is read-only ({reason}): make the file and its "
                 "directory writable, or choose another with --db / DATABASE_URL"
             )
+        if "disk is full" in words:
+            return StorageFull(self.url, reason)
         if isinstance(exc, sa_exc.OperationalError) and any(w in words for w in _UNAVAILABLE):
             return StorageUnavailable(f"the database at {self.url} is unavailable: {reason}")
         return StorageError(f"the database at {self.url} refused the operation: {reason}")

@@ -15,6 +15,7 @@ MODULES = (
     "tests.bench.bench_fake",
     "tests.bench.bench_fleet",
     "tests.bench.bench_shared_ip",
+    "tests.bench.bench_archive",
 )
 
 
