@@ -120,13 +120,11 @@ def test_a_full_disk_is_temporary_naming_the_database_and_keeps_what_was_stored(
     store = open_store(url, breaker=db_breaker(threshold=100), sleep=lambda _: None)
     try:
         store.write(candles(T0, 10))
-        pages = store._engine.connect().exec_driver_sql("PRAGMA page_count").scalar_one()  # noqa: SLF001
-        event.listen(
-            store._engine,  # noqa: SLF001
-            "connect",
-            lambda conn, _: conn.execute(f"PRAGMA max_page_count = {pages + 2}"),
-        )
-        store._engine.dispose()  # noqa: SLF001  (new connections take the cap)
+        engine = store._engine  # type: ignore[attr-defined]
+        with engine.connect() as conn:
+            pages = conn.exec_driver_sql("PRAGMA page_count").scalar_one()
+        event.listen(engine, "connect", lambda conn, _: conn.execute(f"PRAGMA max_page_count = {pages + 2}"))
+        engine.dispose()  # new connections take the cap
         with pytest.raises(StorageFull) as full:
             store.write(candles(T0 + 10 * MINUTE, 5_000))
         assert full.value.exit_code == 75
