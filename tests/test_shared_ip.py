@@ -16,6 +16,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from extractor.errors import IPBanned
 from extractor.intervals import DAY
 from extractor.lifecycle import RunStop
@@ -78,8 +80,11 @@ class SharedIpRun:
         return max(self.refusals_by_minute.values(), default=0)
 
 
-def run_beside_a_bursting_client(folder: Path, *, limit: int = 100, days: int = 50) -> SharedIpRun:
-    """Backfill ``days`` of 1m candles on an IP whose ``limit`` another client spends 60 % of in bursts."""
+def run_beside_a_bursting_client(
+    folder: Path, *, limit: int = 100, days: int = 50, concurrency: int = 1
+) -> SharedIpRun:
+    """Backfill ``days`` of 1m candles on an IP whose ``limit`` another client spends 60 % of in bursts,
+    with at most ``concurrency`` requests in flight."""
     clock = SharedClock(time.time() // 60 * 60 + 1)  # a second into a minute: the same schedule every run
     end = START + days * DAY
     per_minute = int(limit * OTHER_SHARE)
@@ -87,13 +92,15 @@ def run_beside_a_bursting_client(folder: Path, *, limit: int = 100, days: int = 
     with FakeExchange(clock=clock, weight_limit=limit, shared_ip=True, ban_after_429s=1) as exchange:
         neighbour = Neighbour(exchange, clock, per_minute // BURSTS_PER_MINUTE, per_minute)
         exchange.before_admit = neighbour
-        source = rest_source(exchange.url, clock=clock, wall_clock=clock, sleep=clock.sleep, concurrency=1)
+        source = rest_source(
+            exchange.url, clock=clock, wall_clock=clock, sleep=clock.sleep, concurrency=concurrency
+        )
         began = clock()
         written = 0
         try:
             with open_sqlite(folder / "klines.db") as store:
                 written = commands.backfill(
-                    source, source, store, [series()], START, end, stop=RunStop(), concurrency=1
+                    source, source, store, [series()], START, end, stop=RunStop(), concurrency=concurrency
                 ).written
         except IPBanned as exc:
             banned = str(exc)
@@ -118,11 +125,20 @@ def run_beside_a_bursting_client(folder: Path, *, limit: int = 100, days: int = 
         )
 
 
-def test_a_backfill_beside_a_bursting_client_draws_at_most_one_429_a_minute(tmp_path: Path) -> None:
-    run = run_beside_a_bursting_client(tmp_path)
+@pytest.mark.parametrize(
+    ("limit", "days", "concurrency"),
+    [
+        pytest.param(100, 50, 1, id="100/min, one request at a time"),
+        pytest.param(400, 120, 32, id="400/min, the default concurrency"),
+    ],
+)
+def test_a_backfill_beside_a_bursting_client_draws_at_most_one_429_a_minute(
+    tmp_path: Path, limit: int, days: int, concurrency: int
+) -> None:
+    run = run_beside_a_bursting_client(tmp_path, limit=limit, days=days, concurrency=concurrency)
 
     assert run.bans == 0 and not run.banned, f"a 418: the run sent inside a Retry-After ({run.banned})"
     assert run.most_refusals_in_a_minute <= 1, f"429s per minute: {run.refusals_by_minute}"
     assert run.minutes >= 3 and run.contended_minutes >= run.minutes - 1, "it was contended throughout"
-    assert run.written == run.candles == 72_000
+    assert run.written == run.candles == days * 1_440
     assert run.exact

@@ -16,18 +16,21 @@ from tests.test_shared_ip import run_beside_a_bursting_client
 
 LIMIT = 400
 DAYS = 200
+CONCURRENCY = 32
+"""The default ``--concurrency``."""
 
 
 def rows() -> list[BenchRow]:
     work = Path(tempfile.mkdtemp(prefix="bench-shared-ip-"))
     try:
-        run = run_beside_a_bursting_client(work, limit=LIMIT, days=DAYS)
+        run = run_beside_a_bursting_client(work, limit=LIMIT, days=DAYS, concurrency=CONCURRENCY)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ok = run.most_refusals_in_a_minute <= 1 and run.bans == 0 and run.exact
     return [
         BenchRow(
-            f"B12 shared IP: {run.candles:,} candles beside a client spending 60 % of {LIMIT}/min",
+            f"B12 shared IP: {run.candles:,} candles beside a client spending 60 % of {LIMIT}/min, "
+            f"concurrency {CONCURRENCY}",
             run.most_refusals_in_a_minute,
             "429/min (max)",
             "<= 1, no 418, exact",
