@@ -86,8 +86,15 @@ def redirect(stream: TextStream | None) -> None:
         _stream.append(stream)
 
 
+_root_handlers: list[logging.Handler] = []
+QUIET_LIBRARIES = {"psycopg": logging.ERROR}
+"""Libraries whose warnings only repeat what our own lines say (psycopg's "error ignored terminating"
+of a COPY on a connection already reported lost)."""
+
+
 def configure(log_format: str, level: str, redact: Redact) -> None:
-    """Send the ``extractor`` and ``utils`` loggers to stderr in the chosen format, masked."""
+    """Send the ``extractor`` and ``utils`` loggers to stderr in the chosen format, masked; the
+    libraries' warnings go the same way (never as bare lines of Python's last-resort handler)."""
     handler = logging.StreamHandler(_Stderr())
     handler.setFormatter(_JsonFormatter() if log_format == "json" else _TextFormatter())
     handler.addFilter(_SecretFilter(redact))
@@ -96,6 +103,13 @@ def configure(log_format: str, level: str, redact: Redact) -> None:
         logger.handlers[:] = [handler]
         logger.setLevel(level)
         logger.propagate = False
+    root = logging.getLogger()
+    for previous in _root_handlers:  # a second configure in one process replaces, never doubles
+        root.removeHandler(previous)
+    _root_handlers[:] = [handler]
+    root.addHandler(handler)  # the root's level stays Python's default, WARNING
+    for name, quiet in QUIET_LIBRARIES.items():
+        logging.getLogger(name).setLevel(quiet)
 
 
 def final_line(message: str, *, log_format: str, exit_code: int, redact: Redact) -> str:
