@@ -94,6 +94,7 @@ class Runtime:
         self.settings = settings
         self.stop = stop if stop is not None else RunStop()
         self.state_dir = _writable_state_dir(settings.state_dir)
+        self.retry = RetryPolicy(settings.attempts, settings.retry_budget, settings.backoff)
         try:
             check_environ(settings.breaker_environ)
         except CircuitBreakerConfigError as exc:
@@ -158,7 +159,7 @@ class Runtime:
             budget=budget,
             bans=BanRecord(self.state_dir / f"ban-{_file_safe(key)}.json", wall_clock=time.time),
             stop=self.stop,
-            retry=RetryPolicy(settings.attempts, settings.retry_budget, settings.backoff),
+            retry=self.retry,
             concurrency=settings.concurrency,
             read_timeout=settings.read_timeout,
             source_address=settings.source_address,
@@ -182,7 +183,7 @@ class Runtime:
                 settings.archive_url,
                 breaker=breaker,
                 stop=self.stop,
-                retry=RetryPolicy(settings.attempts, settings.retry_budget, settings.backoff),
+                retry=self.retry,
                 concurrency=settings.concurrency,
             )
         return ArchiveSource(self.exchange(market), self._files, fall_back=fall_back)

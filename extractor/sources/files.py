@@ -15,12 +15,10 @@ import time
 from collections.abc import Callable
 
 import requests
-from requests.adapters import HTTPAdapter
 
-from extractor import __version__
 from extractor.errors import ArchiveUnavailable, BreakerOpen
 from extractor.lifecycle import RunStop
-from extractor.sources.http import DEFAULT_RETRY, RetryPolicy, socket_reason
+from extractor.sources.http import DEFAULT_RETRY, RetryPolicy, pooled_session, socket_reason
 from utils.circuit_breaker import CircuitBreaker, CircuitBreakerError, CircuitState
 
 log = logging.getLogger("extractor.sources")
@@ -60,11 +58,7 @@ class FileClient:
         self._sleep = sleep if sleep is not None else stop.sleep
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
-        self._session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(1, concurrency), max_retries=0)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
-        self._session.headers["User-Agent"] = f"binance-extractor/{__version__}"
+        self._session = pooled_session(concurrency)
 
     def close(self) -> None:
         self._session.close()
@@ -115,10 +109,8 @@ class FileClient:
             except ArchiveUnavailable as exc:
                 failures += 1
                 last_error = str(exc)
-                delay = self._rng.uniform(
-                    0, min(self.retry.backoff_cap, self.retry.backoff * 2 ** (failures - 1))
-                )
-                if failures >= self.retry.attempts or self._clock() - began + delay > self.retry.budget:
+                delay = self.retry.delay(failures, self._rng)
+                if self.retry.exhausted(failures, self._clock() - began, delay):
                     raise
                 if self.breaker.state is not CircuitState.OPEN:
                     self._sleep(delay)

@@ -61,8 +61,30 @@ class RetryPolicy:
     backoff: float = 0.5
     backoff_cap: float = 30.0
 
+    def delay(self, failures: int, rng: random.Random) -> float:
+        """The wait after the ``failures``-th failure: exponential from ``backoff``, capped, full jitter."""
+        return rng.uniform(0, min(self.backoff_cap, self.backoff * 2 ** (failures - 1)))
+
+    def exhausted(self, failures: int, spent: float, delay: float) -> bool:
+        """No try is left: ``attempts`` were made, or waiting ``delay`` more would pass ``budget``."""
+        return failures >= self.attempts or spent + delay > self.budget
+
 
 DEFAULT_RETRY = RetryPolicy()
+
+
+def pooled_session(
+    concurrency: int, source_address: str | None = None, headers: Mapping[str, str] | None = None
+) -> requests.Session:
+    """A session keeping up to ``concurrency`` connections to its host, bound to ``source_address`` when
+    given; it never retries by itself (the caller's RetryPolicy does)."""
+    session = requests.Session()
+    adapter = _SourceAddressAdapter(source_address, pool_maxsize=max(1, concurrency))
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = USER_AGENT
+    session.headers.update(headers or {})
+    return session
 
 
 class _Throttled(Exception):
@@ -158,12 +180,8 @@ class RestClient:
         self._told_unresolved = False
         self.wait_listener: Callable[[float, str], None] | None = None
         """Hears every wait for the weight budget or a 429 (a progress display shows them)."""
-        self._session = requests.Session()
-        adapter = _SourceAddressAdapter(source_address, pool_maxsize=max(1, concurrency))
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
-        self._session.headers.update(
-            {"User-Agent": USER_AGENT, "Accept-Encoding": "gzip", "Accept": "application/json"}
+        self._session = pooled_session(
+            concurrency, source_address, {"Accept-Encoding": "gzip", "Accept": "application/json"}
         )
         if api_key:
             self._session.headers["X-MBX-APIKEY"] = api_key
@@ -216,10 +234,8 @@ class RestClient:
                 failures += 1
                 last_error = str(exc)
                 spent = self._clock() - began - waited
-                delay = self._rng.uniform(
-                    0, min(self.retry.backoff_cap, self.retry.backoff * 2 ** (failures - 1))
-                )
-                if failures >= self.retry.attempts or spent + delay > self.retry.budget:
+                delay = self.retry.delay(failures, self._rng)
+                if self.retry.exhausted(failures, spent, delay):
                     raise ExchangeUnavailable(
                         f"{self.base_url} unavailable after {failures} attempt{'s' if failures > 1 else ''} "
                         f"in {spent:.0f} s: {exc}; retry in a few minutes"
