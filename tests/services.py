@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -90,23 +90,31 @@ def _mysql_admin(url: str, statement: str) -> None:
         connection.close()
 
 
-class MySqlDatabases:
-    """Creates uniquely named databases on the MariaDB server of MYSQL_URL and drops them afterwards."""
+class ServerDatabases:
+    """Creates uniquely named databases on one server and drops them afterwards."""
+
+    create_sql = ""
+    drop_sql = ""
+    """Statements with ``{name}`` for the database; subclasses give them and ``admin``."""
 
     def __init__(self, server_url: str) -> None:
         self.server_url = server_url
         self._created: list[str] = []
 
+    @staticmethod
+    def admin(url: str, statement: str) -> None:
+        raise NotImplementedError
+
     def create(self) -> str:
         name = unique_name("bx")
-        _mysql_admin(self.server_url, f"CREATE DATABASE `{name}`")
+        self.admin(self.server_url, self.create_sql.format(name=name))
         self._created.append(name)
         return with_database(self.server_url, name)
 
     def drop(self, url: str) -> None:
         name = urlsplit(url).path.lstrip("/")
         with contextlib.suppress(Exception):
-            _mysql_admin(self.server_url, f"DROP DATABASE IF EXISTS `{name}`")
+            self.admin(self.server_url, self.drop_sql.format(name=name))
         with contextlib.suppress(ValueError):
             self._created.remove(name)
 
@@ -115,16 +123,32 @@ class MySqlDatabases:
             self.drop(with_database(self.server_url, name))
 
 
-@pytest.fixture(scope="session")
-def mysql_databases() -> Iterator[MySqlDatabases]:
-    server_url = os.environ.get("MYSQL_URL", DEFAULT_MYSQL_URL)
+D = TypeVar("D", bound=ServerDatabases)
+
+
+def _session_databases(cls: type[D], variable: str, default: str, server: str) -> Iterator[D]:
+    """The databases of a test session on the server of ``variable``, or the skip that says why not."""
+    server_url = os.environ.get(variable, default)
     try:
-        _mysql_admin(server_url, "SELECT 1")
+        cls.admin(server_url, "SELECT 1")
     except Exception as exc:
-        unavailable(f"MariaDB/MySQL at {server_url.split('@')[-1]} is not reachable: {exc}")
-    databases = MySqlDatabases(server_url)
+        unavailable(f"{server} at {server_url.split('@')[-1]} is not reachable: {exc}")
+    databases = cls(server_url)
     yield databases
     databases.drop_all()
+
+
+class MySqlDatabases(ServerDatabases):
+    """Databases on the MariaDB server of MYSQL_URL."""
+
+    create_sql = "CREATE DATABASE `{name}`"
+    drop_sql = "DROP DATABASE IF EXISTS `{name}`"
+    admin = staticmethod(_mysql_admin)
+
+
+@pytest.fixture(scope="session")
+def mysql_databases() -> Iterator[MySqlDatabases]:
+    yield from _session_databases(MySqlDatabases, "MYSQL_URL", DEFAULT_MYSQL_URL, "MariaDB/MySQL")
 
 
 @pytest.fixture(scope="session")
@@ -160,41 +184,17 @@ def _postgres_admin(url: str, statement: str) -> None:
         connection.execute(statement)
 
 
-class PostgresDatabases:
-    """Creates uniquely named databases on the PostgreSQL server of POSTGRES_URL and drops them afterwards."""
+class PostgresDatabases(ServerDatabases):
+    """Databases on the PostgreSQL server of POSTGRES_URL."""
 
-    def __init__(self, server_url: str) -> None:
-        self.server_url = server_url
-        self._created: list[str] = []
-
-    def create(self) -> str:
-        name = unique_name("bx")
-        _postgres_admin(self.server_url, f'CREATE DATABASE "{name}"')
-        self._created.append(name)
-        return with_database(self.server_url, name)
-
-    def drop(self, url: str) -> None:
-        name = urlsplit(url).path.lstrip("/")
-        with contextlib.suppress(Exception):
-            _postgres_admin(self.server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        with contextlib.suppress(ValueError):
-            self._created.remove(name)
-
-    def drop_all(self) -> None:
-        for name in list(self._created):
-            self.drop(with_database(self.server_url, name))
+    create_sql = 'CREATE DATABASE "{name}"'
+    drop_sql = 'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+    admin = staticmethod(_postgres_admin)
 
 
 @pytest.fixture(scope="session")
 def postgres_databases() -> Iterator[PostgresDatabases]:
-    server_url = os.environ.get("POSTGRES_URL", DEFAULT_POSTGRES_URL)
-    try:
-        _postgres_admin(server_url, "SELECT 1")
-    except Exception as exc:
-        unavailable(f"PostgreSQL at {server_url.split('@')[-1]} is not reachable: {exc}")
-    databases = PostgresDatabases(server_url)
-    yield databases
-    databases.drop_all()
+    yield from _session_databases(PostgresDatabases, "POSTGRES_URL", DEFAULT_POSTGRES_URL, "PostgreSQL")
 
 
 @pytest.fixture(scope="session")
