@@ -62,6 +62,15 @@ def fake_exchange() -> Iterator[FakeExchange]:
 
 
 @pytest.fixture
+def http() -> Iterator[Any]:
+    """A requests session for talking to a fake directly, closed after the test."""
+    import requests
+
+    with requests.Session() as session:
+        yield session
+
+
+@pytest.fixture
 def fake_exchanges() -> Iterator[Callable[..., FakeExchange]]:
     """A factory of started FakeExchanges (options as the constructor's), all stopped after the test."""
     started: list[FakeExchange] = []

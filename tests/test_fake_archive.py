@@ -31,12 +31,6 @@ def exchange(fake_exchanges: Start) -> FakeExchange:
     return fake_exchanges(clock=ManualClock(NOW))
 
 
-@pytest.fixture
-def http() -> Any:
-    with requests.Session() as session:
-        yield session
-
-
 def fetch(http: requests.Session, exchange: FakeExchange, path: str) -> requests.Response:
     return http.get(exchange.archive_url + path, timeout=10)
 

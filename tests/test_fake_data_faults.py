@@ -26,12 +26,6 @@ def exchange(fake_exchanges: Start) -> FakeExchange:
     return fake_exchanges(clock=ManualClock(NOW))
 
 
-@pytest.fixture
-def http() -> Any:
-    with requests.Session() as session:
-        yield session
-
-
 def klines(http: requests.Session, exchange: FakeExchange, api: str = "/api/v3", **params: Any) -> Page:
     answer = http.get(exchange.url + api + "/klines", params=params or PAGE, timeout=10)
     assert answer.status_code == 200, answer.text

@@ -47,12 +47,6 @@ def exchange(make_exchange: MakeExchange) -> FakeExchange:
     return make_exchange()
 
 
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
-
-
 def klines(http: requests.Session, exchange: FakeExchange, **params: Any) -> list[list[Any]]:
     response = http.get(exchange.url + KLINES, params=params, timeout=10)
     assert response.status_code == 200, response.text

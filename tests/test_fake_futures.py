@@ -35,12 +35,6 @@ def exchange(fake_exchanges: Start) -> FakeExchange:
     return fake_exchanges(clock=ManualClock(NOW))
 
 
-@pytest.fixture
-def http() -> Any:
-    with requests.Session() as session:
-        yield session
-
-
 def get(http: requests.Session, exchange: FakeExchange, market: str, endpoint: str, **params: Any) -> Any:
     return http.get(f"{exchange.url}{API[market]}/{endpoint}", params=params, timeout=10)
 
