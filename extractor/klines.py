@@ -10,11 +10,11 @@ from __future__ import annotations
 import functools
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from itertools import repeat
-from typing import Any, NamedTuple
+from itertools import compress, repeat
+from typing import Any, NamedTuple, overload
 
 from extractor.errors import BadInputError, MalformedResponse
 from extractor.intervals import MONDAY_OFFSET, Interval
@@ -75,6 +75,74 @@ class Kline(NamedTuple):
 FIELDS: tuple[str, ...] = Kline._fields
 KEY_FIELDS: tuple[str, ...] = FIELDS[:4]
 DATA_FIELDS: tuple[str, ...] = FIELDS[3:]
+_new_kline = tuple.__new__
+
+
+class KlineBlock(Sequence[Kline]):
+    """Candles of one series that passed the column checks, kept as the columns they were checked in.
+
+    A sequence of Klines, each built when asked for; writers take the columns as they are
+    (:meth:`flat`, :attr:`open_times`), so a backfill builds no tuple per candle. Only the checks in
+    this module make one: its open times are strictly increasing and, for intervals with a fixed
+    anchor, on the interval's grid.
+    """
+
+    __slots__ = ("columns", "key")
+
+    def __init__(self, key: tuple[str, str, str], columns: Sequence[Sequence[Any]]) -> None:
+        self.key = key
+        self.columns = tuple(columns)
+        """The fields from ``open_time`` on, a column each, in Kline order."""
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
+
+    @overload
+    def __getitem__(self, index: int) -> Kline: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> KlineBlock: ...
+
+    def __getitem__(self, index: int | slice) -> Kline | KlineBlock:
+        if isinstance(index, slice):
+            return KlineBlock(self.key, [column[index] for column in self.columns])
+        return _new_kline(Kline, (*self.key, *(column[index] for column in self.columns)))
+
+    def __iter__(self) -> Iterator[Kline]:
+        market, symbol, interval = map(repeat, self.key)
+        return map(_new_kline, repeat(Kline), zip(market, symbol, interval, *self.columns, strict=False))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return len(self) == len(other) and all(map(operator.eq, self, other))
+
+    __hash__ = None  # type: ignore[assignment]  # compared by value, like a list
+
+    def __repr__(self) -> str:
+        return f"KlineBlock({len(self)} candles of {' '.join(self.key)})"
+
+    @property
+    def open_times(self) -> Sequence[int]:
+        return self.columns[0]
+
+    def flat(self) -> list[Any]:
+        """Every field of every candle, candle after candle, in Kline order: statement parameters laid
+        out a column at a time, with no tuple per candle."""
+        rows, width = len(self), len(FIELDS)
+        flat: list[Any] = [None] * (rows * width)
+        for index, value in enumerate(self.key):
+            flat[index::width] = [value] * rows
+        for index, column in enumerate(self.columns, len(self.key)):
+            flat[index::width] = column
+        return flat
+
+
+def open_times(klines: Sequence[Kline]) -> Sequence[int]:
+    """The open times of ``klines``, in order."""
+    if isinstance(klines, KlineBlock):
+        return klines.open_times
+    return [kline.open_time for kline in klines]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +205,6 @@ def is_sane(o: str, h: str, lo: str, c: str, v: str, qv: str, tbv: str, tqv: str
     return dl <= do <= dh and dl <= dc <= dh and Decimal(tbv) <= Decimal(v) and Decimal(tqv) <= Decimal(qv)
 
 
-_new_kline = tuple.__new__
 _DOT = "."
 
 
@@ -158,14 +225,28 @@ def _is_scaled_column(scale: int) -> Callable[[str], re.Match[str] | None]:
     return re.compile(f"{one}(?:\x00{one})*+").fullmatch
 
 
-def _ordered(low: tuple[str, ...], high: tuple[str, ...]) -> bool:
-    """Every ``low[i] <= high[i]``, for decimals of one scale without leading zeros (see is_sane)."""
-    return all(map(operator.le, zip(map(len, low), low, strict=True), zip(map(len, high), high, strict=True)))
+_Sized = tuple[tuple[str, ...], tuple[int, ...]]
+"""A column of decimal text and the length of each."""
 
 
-def _from_columns(series: Series, columns: list[tuple[Any, ...]], start: int, end: int) -> list[Kline] | None:
+def _ordered(low: _Sized, high: _Sized) -> bool:
+    """Every ``low[i] <= high[i]``, for decimals of one scale without leading zeros (see is_sane): the
+    shorter is the smaller, and of equal lengths the text decides."""
+    (low_text, low_lengths), (high_text, high_lengths) = low, high
+    if low_lengths == high_lengths:
+        return all(map(operator.le, low_text, high_text))
+    if not all(map(operator.le, low_lengths, high_lengths)):
+        return False
+    same = list(map(operator.eq, low_lengths, high_lengths))
+    return all(map(operator.le, compress(low_text, same), compress(high_text, same)))
+
+
+def _from_columns(
+    series: Series, columns: list[tuple[Any, ...]], start: int, end: int, *, typed: bool = False
+) -> KlineBlock | None:
     """The checks of :func:`parse_rows` on a page that is valid throughout, a column at a time with
-    C-level builtins (several times faster than row by row).
+    C-level builtins (several times faster than row by row). ``typed``: every field is of its type
+    already (the CSV reader made times and trade counts ints, the rest text).
 
     Returns None at the first doubt; the row-by-row check then decides (and names the bad row), so
     this may refuse what is valid but never accepts what the row check refuses.
@@ -174,7 +255,9 @@ def _from_columns(series: Series, columns: list[tuple[Any, ...]], start: int, en
     if interval.is_calendar or len(columns) != 12:
         return None
     ot, o, h, lo, c, v, ct, qv, trades, tbv, tqv, _ = columns
-    if set(map(type, ot)) != {int} or set(map(type, ct)) != {int} or set(map(type, trades)) != {int}:
+    if not typed and (
+        set(map(type, ot)) != {int} or set(map(type, ct)) != {int} or set(map(type, trades)) != {int}
+    ):
         return None
     if min(trades) < 0 or not start <= ot[0] or not ot[-1] < end or not all(map(operator.lt, ot, ot[1:])):
         return None
@@ -186,8 +269,9 @@ def _from_columns(series: Series, columns: list[tuple[Any, ...]], start: int, en
         if set(map(step.__rmod__, map((-phase).__add__, ot))) != {0}:
             return None
     scales = []
-    for column in (o, h, lo, c, v, qv, tbv, tqv):
-        if set(map(type, column)) != {str}:
+    decimals = (o, h, lo, c, v, qv, tbv, tqv)
+    for column in decimals:
+        if not typed and set(map(type, column)) != {str}:
             return None
         scale = _first_scale(column[0])
         if scale is None or not _is_scaled_column(scale)("\x00".join(column)):
@@ -196,23 +280,18 @@ def _from_columns(series: Series, columns: list[tuple[Any, ...]], start: int, en
     price, high, low, close, volume, quote, taker, taker_quote = scales
     if not price == high == low == close or volume != taker or quote != taker_quote:
         return None
+    so, sh, slo, sc, sv, sqv, stbv, stqv = ((column, tuple(map(len, column))) for column in decimals)
     if not (
-        _ordered(lo, o)
-        and _ordered(o, h)
-        and _ordered(lo, c)
-        and _ordered(c, h)
-        and _ordered(tbv, v)
-        and _ordered(tqv, qv)
+        _ordered(slo, so)
+        and _ordered(so, sh)
+        and _ordered(slo, sc)
+        and _ordered(sc, sh)
+        and _ordered(stbv, sv)
+        and _ordered(stqv, sqv)
     ):
         return None
-    market, symbol, name = repeat(series.market.name), repeat(series.symbol), repeat(interval.name)
-    return list(
-        map(
-            _new_kline,
-            repeat(Kline),
-            zip(market, symbol, name, ot, o, h, lo, c, v, ct, qv, trades, tbv, tqv, strict=False),
-        )
-    )
+    key = (series.market.name, series.symbol, interval.name)
+    return KlineBlock(key, (ot, o, h, lo, c, v, ct, qv, trades, tbv, tqv))
 
 
 _is_digits_column = re.compile(r"[0-9]{1,20}+(?:\x00[0-9]{1,20}+)*+").fullmatch
@@ -220,7 +299,7 @@ MICROSECONDS = 10**14
 """Times above this are microseconds (spot archive files from 2025 on); milliseconds stay below until 5138."""
 
 
-def parse_csv(series: Series, lines: list[str], start: int, end: int) -> list[Kline]:
+def parse_csv(series: Series, lines: list[str], start: int, end: int) -> Sequence[Kline]:
     """Validate CSV rows of an archive file (the REST fields in REST order) and turn them into Klines.
 
     The same checks as a REST page (:func:`parse_rows`), once the CSV's text fields have REST's types:
@@ -249,13 +328,13 @@ def parse_csv(series: Series, lines: list[str], start: int, end: int) -> list[Kl
     for index in (0, 6):
         if max(columns[index]) > MICROSECONDS:
             columns[index] = tuple(t // 1000 if t > MICROSECONDS else t for t in columns[index])
-    fast = _from_columns(series, columns, start, end)
+    fast = _from_columns(series, columns, start, end, typed=True)
     if fast is not None:
         return fast
     return _row_by_row(series, list(map(list, zip(*columns, strict=True))), start, end)
 
 
-def parse_rows(series: Series, rows: Any, start: int, end: int) -> list[Kline]:
+def parse_rows(series: Series, rows: Any, start: int, end: int) -> Sequence[Kline]:
     """Validate raw kline rows for ``start <= open_time < end`` and turn them into Klines.
 
     Rows must have 12 fields of the documented types, ``close_time == next_open(open_time) - 1``,

@@ -20,14 +20,18 @@ from extractor.klines import (
     MAX_DECIMAL_CHARACTERS,
     MAX_DECIMAL_PLACES,
     Kline,
+    KlineBlock,
     Series,
+    _row_by_row,
     is_decimal,
     is_sane,
+    open_times,
     parse_rows,
     to_row,
     validate_symbol,
 )
 from extractor.markets import COINM, SPOT, USDM
+from extractor.storage.tables import flat_values
 
 MINUTE = Interval.parse("1m")
 START = 1_709_164_800_000  # 2024-02-29T00:00:00Z, a Thursday
@@ -657,3 +661,42 @@ def test_the_column_check_never_accepts_what_the_row_check_refuses(
         assert fast is None
         return
     assert fast is None or fast == slow
+
+
+# -- the column block -----------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(pages())
+def test_a_page_checked_by_columns_holds_what_the_row_by_row_check_returns(
+    page: tuple[Series, int, int, list[Row]],
+) -> None:
+    series, start, end, rows = page
+    checked = parse_rows(series, rows, start, end)
+    one_by_one = _row_by_row(series, rows, start, end)
+    assert list(checked) == one_by_one
+    assert checked == one_by_one and one_by_one == checked
+    assert flat_values(checked) == [value for kline in one_by_one for value in kline]
+    assert list(open_times(checked)) == [k.open_time for k in one_by_one]
+
+
+def test_a_valid_page_is_a_block_of_columns_that_reads_like_a_list() -> None:
+    rows = minute_page(5)
+    block = parse_rows(BTC_1M, rows, START, END)
+    klines = _row_by_row(BTC_1M, rows, START, END)
+
+    assert isinstance(block, KlineBlock)
+    assert len(block) == 5 and block[0] == klines[0] and block[-1] == klines[-1]
+    assert isinstance(block[1:3], KlineBlock) and block[1:3] == klines[1:3]
+    assert block.flat() == flat_values(klines) and len(block.flat()) == 5 * len(FIELDS)
+    assert block.open_times == tuple(k.open_time for k in klines)
+    assert block != klines[:4] and block != "not klines"
+    with pytest.raises(TypeError):
+        hash(block)
+
+
+def test_a_page_the_columns_cannot_vouch_for_is_checked_row_by_row() -> None:
+    mixed_scales = [wire_row(MINUTE, START), wire_row(MINUTE, START + 60_000, open="0.0163479")]
+    klines = parse_rows(BTC_1M, mixed_scales, START, END)
+    assert not isinstance(klines, KlineBlock)
+    assert [k.open for k in klines] == ["0.01634790", "0.0163479"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from extractor.intervals import Interval
+from extractor.klines import Kline, KlineBlock, open_times
 
 Range = tuple[int, int]
 
@@ -61,3 +62,17 @@ def holes_between(interval: Interval, previous: int | None, open_times: Iterable
                 holes.append((expected, open_time))
         last = open_time
     return holes
+
+
+def holes_in(interval: Interval, previous: int | None, klines: Sequence[Kline]) -> list[Range]:
+    """:func:`holes_between` ``previous`` and a batch of candles: a block whose open times lie on a
+    fixed grid and span exactly its length has no hole inside, so only its first candle is looked at."""
+    times = open_times(klines)
+    if (
+        isinstance(klines, KlineBlock)
+        and interval.is_anchored
+        and not interval.is_calendar
+        and times[-1] - times[0] == (len(times) - 1) * interval.length_ms
+    ):
+        times = times[:1]
+    return holes_between(interval, previous, times)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from extractor.errors import ExchangeUnavailable, format_utc, plural
 from extractor.klines import Kline, Series
-from extractor.pipeline.plan import Range, holes_between
+from extractor.pipeline.plan import Range, holes_between, holes_in
 from extractor.sources.base import Answer, Window
 from extractor.sources.rest import RestSource
 from extractor.storage import KlineStore
@@ -70,7 +70,7 @@ class Prepared:
     """A REST answer ready to write: its candles (refetched ones merged in) and its confirmed gaps."""
 
     window: Window
-    klines: list[Kline]
+    klines: Sequence[Kline]
     gaps: list[Range]
 
 
@@ -122,8 +122,9 @@ class Writer:
         report = self.reports[series]
         cursor = self._cursor(window)
         report.requests += 1
-        klines = [k for batch in answer.batches() for k in batch]
-        holes = holes_between(series.interval, cursor.previous, (k.open_time for k in klines))
+        batches = list(answer.batches())
+        klines: Sequence[Kline] = batches[0] if len(batches) == 1 else [k for b in batches for k in b]
+        holes = holes_in(series.interval, cursor.previous, klines) if klines else []
         found, gaps = self._settle(series, holes, report)
         if found:
             klines = sorted([*klines, *found], key=lambda k: k.open_time)
@@ -183,7 +184,7 @@ class Writer:
         def watched() -> Iterator[Sequence[Kline]]:
             nonlocal last
             for batch in answer.batches():
-                holes.extend(holes_between(series.interval, last, (k.open_time for k in batch)))
+                holes.extend(holes_in(series.interval, last, batch))
                 last = batch[-1].open_time
                 yield batch
 

@@ -172,7 +172,7 @@ class ArchiveFile:
         self.window = window
         self._data = data
         self._stop = stop
-        self._chunks: queue.Queue[list[Kline] | BaseException | None] = queue.Queue(ARCHIVE_CHUNKS_AHEAD)
+        self._chunks: queue.Queue[Sequence[Kline] | BaseException | None] = queue.Queue(ARCHIVE_CHUNKS_AHEAD)
         self._abandoned = threading.Event()
         threading.Thread(target=self._produce, name=f"read {window.file}", daemon=True).start()
 
@@ -199,7 +199,7 @@ class ArchiveFile:
             return
         self._put(None)
 
-    def _put(self, item: list[Kline] | BaseException | None) -> bool:
+    def _put(self, item: Sequence[Kline] | BaseException | None) -> bool:
         """Hand ``item`` to the writer; False once the writer has gone (the run stopped or failed)."""
         while not self._abandoned.is_set() and not self._stop.is_set():
             try:
@@ -210,7 +210,7 @@ class ArchiveFile:
         return False
 
 
-def read_chunks(window: Window, data: bytes) -> Iterator[list[Kline]]:
+def read_chunks(window: Window, data: bytes) -> Iterator[Sequence[Kline]]:
     """The candles of a verified zip, a chunk at a time: one CSV named like the zip, every row through
     the REST row checks (``klines.parse_csv``); a header row (some futures files have one) is skipped.
     The CSV is read in blocks of whole lines and split in C, never a line at a time in Python."""

@@ -72,7 +72,7 @@ class Rows:
     """An answer already parsed on the worker thread: one REST page."""
 
     window: Window
-    klines: list[Kline]
+    klines: Sequence[Kline]
 
     @property
     def size(self) -> int:

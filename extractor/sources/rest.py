@@ -159,7 +159,7 @@ class RestSource:
 
     # -- klines ---------------------------------------------------------------------------------------
 
-    def klines(self, series: Series, start: int, end: int) -> list[Kline]:
+    def klines(self, series: Series, start: int, end: int) -> Sequence[Kline]:
         """Every candle the exchange returns with ``start <= open_time < end``, a page per request.
 
         ``end`` must not pass the forming candle's open time (the caller knows the exchange's clock):
@@ -167,10 +167,9 @@ class RestSource:
         COIN-M, 200 days), so every market returns each page whole.
         """
         self._check(series)
-        out: list[Kline] = []
-        for lo, hi in series.interval.tiles(start, end, self.page_limit, self.market.max_span_ms):
-            out += self._page(series, lo, hi, self.page_limit)
-        return out
+        tiles = series.interval.tiles(start, end, self.page_limit, self.market.max_span_ms)
+        pages = [self._page(series, lo, hi, self.page_limit) for lo, hi in tiles]
+        return pages[0] if len(pages) == 1 else [kline for page in pages for kline in page]
 
     def any_open_time(self, series: Series, start: int, end: int) -> int | None:
         """The open time of some candle in ``[start, end)``, or None when the exchange has none there.
@@ -222,7 +221,7 @@ class RestSource:
             yield lo, min(end, lo + span)
             lo += span
 
-    def _page(self, series: Series, start: int, end: int, limit: int) -> list[Kline]:
+    def _page(self, series: Series, start: int, end: int, limit: int) -> Sequence[Kline]:
         params: dict[str, str | int] = {
             "symbol": series.symbol,
             "interval": series.interval.name,
@@ -231,7 +230,7 @@ class RestSource:
             "limit": limit,
         }
 
-        def parse(rows: Any) -> list[Kline]:
+        def parse(rows: Any) -> Sequence[Kline]:
             if self.market.max_span_ms is not None and isinstance(rows, list) and len(rows) > 1:
                 rows = sorted(rows, key=_open_time_or_first)  # COIN-M answers newest first
             return parse_rows(series, rows, start, end)

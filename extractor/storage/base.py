@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from extractor.errors import BadInputError, BreakerOpen, RunLocked, StorageUnavailable
 from extractor.intervals import Interval
-from extractor.klines import Kline, Series, validate_symbol
+from extractor.klines import Kline, KlineBlock, Series, validate_symbol
 from extractor.markets import Market
 from extractor.secrets import mask_url
 from extractor.storage.records import ExchangeGap, SeriesLocks, SeriesSummary
@@ -374,7 +374,7 @@ class KlineStore(ABC):
         Interval.parse(first.interval)
         Market.parse(first.market)
         key = first[:3]
-        if any(k[:3] != key for k in klines):
+        if not isinstance(klines, KlineBlock) and any(k[:3] != key for k in klines):
             raise BadInputError("a write batch must hold the candles of one series")
 
     def _grid(self, series: Series, start: int, end: int) -> Iterator[int] | None:

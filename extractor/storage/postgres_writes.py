@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
+import operator
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -22,7 +22,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
 from extractor.errors import StorageError
-from extractor.klines import FIELDS, KEY_FIELDS, Kline
+from extractor.klines import FIELDS, KEY_FIELDS, Kline, KlineBlock, open_times
 from extractor.storage.tables import WIDTH, flat_values, unsigned_decimals
 
 COPY_ROWS = 100
@@ -204,7 +204,7 @@ def _as_dbapi_error(statement: str) -> Iterator[None]:
 
 def _last_of_each(klines: Sequence[Kline]) -> Sequence[Kline]:
     """The batch with only the last of any repeated open time, as a row-by-row upsert would leave it."""
-    times = [k.open_time for k in klines]
-    if all(a < b for a, b in itertools.pairwise(times)):
+    times = open_times(klines)
+    if isinstance(klines, KlineBlock) or all(map(operator.lt, times, times[1:])):
         return klines
     return sorted({k.open_time: k for k in klines}.values(), key=lambda k: k.open_time)

@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from extractor.klines import DECIMAL_FIELDS, FIELDS, Kline
+from extractor.klines import DECIMAL_FIELDS, FIELDS, Kline, KlineBlock
 
 _WIDE = Context(prec=80)
 _EIGHT_PLACES = Decimal("0.00000001")
@@ -165,6 +165,8 @@ operations_table = Table(
 
 def flat_values(klines: Sequence[Kline]) -> list[Any]:
     """The parameters of ``klines``, row after row, in column order."""
+    if isinstance(klines, KlineBlock):
+        return klines.flat()
     return [value for kline in klines for value in kline]
 
 
