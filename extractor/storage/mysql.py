@@ -109,21 +109,21 @@ class MySqlKlineStore(SqlKlineStore):
 
     def _upsert(self, conn: Connection, klines: Sequence[Kline]) -> None:
         values = flat_values(klines)
-        statements = self._inlined_upserts(values)
+        statements = self._inlined_upserts(klines, values)
         if statements is None:
             conn.exec_driver_sql(self._upsert_sql, [tuple(k) for k in klines])
             return
         for sql in statements:
             conn.exec_driver_sql(sql)
 
-    def _inlined_upserts(self, values: list[Any]) -> list[str] | None:
+    def _inlined_upserts(self, klines: Sequence[Kline], values: list[Any]) -> list[str] | None:
         """Upserts with the values written into the SQL, or None unless every one is safe there.
 
         PyMySQL quotes each value in Python, which was most of a MariaDB backfill's time. Market, symbol
         and interval are validated before any write, decimals must be plain unsigned digits and integers
         go through ``%d``; anything else is left to the driver and the server's refusal.
         """
-        if not unsigned_decimals(values):
+        if not unsigned_decimals(klines, values):
             return None
         per_statement = ROWS_PER_STATEMENT * WIDTH
         statements = []

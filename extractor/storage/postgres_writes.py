@@ -70,7 +70,7 @@ def insert_page(conn: Connection, klines: Sequence[Kline]) -> None:
     for lo in range(0, len(klines), ROWS_PER_STATEMENT):
         chunk = klines[lo : lo + ROWS_PER_STATEMENT]
         values = flat_values(chunk)
-        inlined = _inlined_insert(values, len(chunk))
+        inlined = _inlined_insert(chunk, values)
         if inlined is None:
             conn.exec_driver_sql(_parameter_insert(len(chunk)), tuple(values))
         else:
@@ -139,7 +139,7 @@ class Staging:
         for lo in range(0, len(klines), COPY_CHUNK_ROWS):
             chunk = klines[lo : lo + COPY_CHUNK_ROWS]
             values = flat_values(chunk)
-            if unsigned_decimals(values):
+            if unsigned_decimals(chunk, values):
                 try:
                     copy.write((_COPY_ROW * len(chunk)) % tuple(values))
                     continue
@@ -180,14 +180,14 @@ class Staging:
         return found is not None
 
 
-def _inlined_insert(values: list[Any], rows: int) -> str | None:
+def _inlined_insert(klines: Sequence[Kline], values: list[Any]) -> str | None:
     """The upsert with the values as SQL literals, or None unless every one is safe there: market,
     symbol and interval are validated before any write, decimals are plain digits, integers go
     through ``%d``; anything else is bound as a parameter and left to the server's refusal."""
-    if not unsigned_decimals(values):
+    if not unsigned_decimals(klines, values):
         return None
     try:
-        literals = ",".join([_INLINE_ROW] * rows) % tuple(values)
+        literals = ",".join([_INLINE_ROW] * len(klines)) % tuple(values)
     except TypeError:  # not an integer where %d wants one
         return None
     return f"{_INSERT} {literals}{_ON_CONFLICT}"

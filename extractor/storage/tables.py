@@ -170,9 +170,12 @@ def flat_values(klines: Sequence[Kline]) -> list[Any]:
     return [value for kline in klines for value in kline]
 
 
-def unsigned_decimals(values: list[Any]) -> bool:
-    """True when every decimal among ``flat_values`` is text of digits and points, safe to inline in SQL
-    or COPY data; anything else (None, a sign, a quote) is left to the driver and the server's refusal."""
+def unsigned_decimals(klines: Sequence[Kline], values: list[Any]) -> bool:
+    """True when every decimal of ``klines`` (``values``: their ``flat_values``) is text of digits and
+    points, safe to inline in SQL or COPY data; anything else (None, a sign, a quote) is left to the
+    driver and the server's refusal. A KlineBlock's passed the row checks, which allow nothing else."""
+    if isinstance(klines, KlineBlock):
+        return True
     try:
         return all(_UNSIGNED_DECIMAL("".join(values[c::WIDTH])) for c in DECIMAL_COLUMNS)
     except TypeError:
