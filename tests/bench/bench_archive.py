@@ -110,7 +110,7 @@ def rows() -> list[BenchRow]:
             postgres = server_run(fake, work, "postgres")
         with fake_exchange("--archive-latency", str(LATENCY_SECONDS)) as slow:
             best_sqlite(slow, work, "archive", runs=1)
-            latent = best_sqlite(slow, work, "archive", runs=1)
+            latent = best_sqlite(slow, work, "archive")  # best of RUNS, as the 0 ms figure it is held to
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ratio = _rate(archive) / _rate(rest)
@@ -136,7 +136,7 @@ def rows() -> list[BenchRow]:
             peak <= RSS_TARGET_MB,
         ),
         BenchRow(
-            f"B10 archive -> sqlite, {LATENCY_SECONDS * 1000:.0f} ms per archive answer",
+            f"B10 archive -> sqlite, {LATENCY_SECONDS * 1000:.0f} ms per archive answer (best of {RUNS})",
             _rate(latent),
             "klines/s",
             f">= {LATENCY_RATIO_TARGET:.0%} of 0 ms",
