@@ -87,12 +87,18 @@ class KlineBlock(Sequence[Kline]):
     anchor, on the interval's grid.
     """
 
-    __slots__ = ("columns", "key")
+    __slots__ = ("columns", "key", "text")
 
-    def __init__(self, key: tuple[str, str, str], columns: Sequence[Sequence[Any]]) -> None:
+    def __init__(
+        self, key: tuple[str, str, str], columns: Sequence[Sequence[Any]], text: str | None = None
+    ) -> None:
         self.key = key
         self.columns = tuple(columns)
         """The fields from ``open_time`` on, a column each, in Kline order."""
+        self.text = text
+        """The rows as CSV, a line each of the 11 fields from ``open_time`` on, cut from the archive
+        file they were checked in (times in milliseconds; nothing but digits, points, commas and
+        newlines), or None: what a bulk loader can hand the server as it is."""
 
     def __len__(self) -> int:
         return len(self.columns[0])
@@ -105,6 +111,8 @@ class KlineBlock(Sequence[Kline]):
 
     def __getitem__(self, index: int | slice) -> Kline | KlineBlock:
         if isinstance(index, slice):
+            if index.indices(len(self)) == (0, len(self), 1):
+                return self
             return KlineBlock(self.key, [column[index] for column in self.columns])
         return _new_kline(Kline, (*self.key, *(column[index] for column in self.columns)))
 
@@ -325,11 +333,15 @@ def parse_csv(series: Series, lines: list[str], start: int, end: int) -> Sequenc
             name = ("open_time", "close_time", "number_of_trades")[(0, 6, 8).index(index)]
             raise MalformedResponse(f"csv row {bad}: {name} is {columns[index][bad]!r:.40}, not digits")
         columns[index] = tuple(map(int, columns[index]))
+    exact_text = set(columns[11]) == {"0"}  # the unused field, as Binance writes it
     for index in (0, 6):
         if max(columns[index]) > MICROSECONDS:
             columns[index] = tuple(t // 1000 if t > MICROSECONDS else t for t in columns[index])
+            exact_text = False
     fast = _from_columns(series, columns, start, end, typed=True)
     if fast is not None:
+        if exact_text:  # every field checked as digits or decimal text: the lines say what the block holds
+            fast.text = ("\n".join(lines) + "\n").replace(",0\n", "\n")
         return fast
     return _row_by_row(series, list(map(list, zip(*columns, strict=True))), start, end)
 

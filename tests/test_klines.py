@@ -26,6 +26,7 @@ from extractor.klines import (
     is_decimal,
     is_sane,
     open_times,
+    parse_csv,
     parse_rows,
     to_row,
     validate_symbol,
@@ -700,3 +701,32 @@ def test_a_page_the_columns_cannot_vouch_for_is_checked_row_by_row() -> None:
     klines = parse_rows(BTC_1M, mixed_scales, START, END)
     assert not isinstance(klines, KlineBlock)
     assert [k.open for k in klines] == ["0.01634790", "0.0163479"]
+
+
+def _csv_lines(rows: list[Row]) -> list[str]:
+    return [",".join(map(str, row)) for row in rows]
+
+
+def test_an_archive_block_keeps_its_lines_as_the_eleven_fields_it_holds() -> None:
+    rows = minute_page(4)
+    block = parse_csv(BTC_1M, _csv_lines(rows), START, END)
+
+    assert isinstance(block, KlineBlock) and block == _row_by_row(BTC_1M, rows, START, END)
+    assert block.text == "".join(",".join(map(str, row[:11])) + "\n" for row in rows)
+    assert block[:] is block and block[1:].text is None  # a part of the block is not its lines
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda row: [*row[:11], "1"],  # an unused field that is not Binance's "0"
+        lambda row: [row[0] * 1000, *row[1:6], row[6] * 1000 + 999, *row[7:]],  # microseconds
+    ],
+)
+def test_an_archive_block_whose_lines_differ_from_its_values_keeps_no_lines(change: Any) -> None:
+    rows = minute_page(3)
+    rows[1] = change(rows[1])
+    block = parse_csv(BTC_1M, _csv_lines(rows), START, END)
+
+    assert isinstance(block, KlineBlock) and block.text is None
+    assert [k.open_time for k in block] == [START, START + 60_000, START + 120_000]

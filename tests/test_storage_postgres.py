@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -14,10 +14,10 @@ import pytest
 
 from extractor.errors import BadInputError, RunLocked, StorageError
 from extractor.intervals import MINUTE
-from extractor.klines import Kline
+from extractor.klines import Kline, KlineBlock, parse_csv, to_row
 from extractor.storage import open_store
 from extractor.storage.postgres_writes import COPY_ROWS
-from tests.storage_cases import BTC, FOREVER, T0, candles, db_breaker
+from tests.storage_cases import BTC, FOREVER, T0, candle, candles, db_breaker
 
 pytestmark = pytest.mark.postgres
 
@@ -193,3 +193,43 @@ def test_timescale_on_a_server_without_it_is_bad_input(fresh_postgres_url: str) 
 
     with pytest.raises(BadInputError, match=r"no timescaledb extension .* or drop \?timescale=true"):
         open_store(url, breaker=db_breaker())
+
+
+def archive_blocks(klines: list[Kline], rows_per_block: int = 2_000) -> list[Sequence[Kline]]:
+    """``klines`` as the archive reader hands them over: checked blocks that carry their CSV lines."""
+    lines = [",".join(map(str, to_row(k))) for k in klines]
+    blocks = []
+    for lo in range(0, len(lines), rows_per_block):
+        block = parse_csv(BTC, lines[lo : lo + rows_per_block], T0, FOREVER)
+        assert isinstance(block, KlineBlock) and block.text is not None
+        blocks.append(block)
+    return blocks
+
+
+def test_archive_blocks_over_an_empty_range_are_copied_straight_into_klines_exactly(
+    fresh_postgres_url: str,
+) -> None:
+    batch = candles(T0, 5_000)
+    # A 20-digit trade count passes the row checks (digits) but not PostgreSQL's bigint: the refusal
+    # names the table the COPY went to.
+    after = candle(T0 + 5_000 * MINUTE)._replace(number_of_trades=10**20 - 1)
+    too_big = parse_csv(BTC, [",".join(map(str, to_row(after)))], T0, FOREVER)
+    with open_store(fresh_postgres_url, breaker=db_breaker()) as store:
+        with pytest.raises(StorageError) as refused:
+            store.write_all([*archive_blocks(batch), too_big])
+        assert store.count(BTC, T0, FOREVER) == 0  # nothing of the refused transaction is kept
+
+        assert store.write_all(archive_blocks(batch)) == 5_000
+        assert list(store.read(BTC, T0, FOREVER)) == batch
+    assert "COPY klines," in str(refused.value) and "klines_staging" not in str(refused.value)
+
+
+def test_archive_blocks_over_stored_candles_are_staged_and_upserted(fresh_postgres_url: str) -> None:
+    """The first block finds nothing stored and is copied; the second meets stored keys and from it on
+    everything is staged and upserted: the newest values win everywhere, each candle once."""
+    newer = candles(T0, 6_000, price="2.00000000")
+    with open_store(fresh_postgres_url, breaker=db_breaker()) as store:
+        store.write(candles(T0 + 3_000 * MINUTE, 2_000, price="1.00000000"))
+        assert store.write_all(archive_blocks(newer)) == 6_000
+
+        assert list(store.read(BTC, T0, FOREVER)) == newer

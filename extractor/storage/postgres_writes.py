@@ -1,10 +1,13 @@
-"""PostgreSQL's write statements: a multi-row INSERT for a few candles, COPY staging for more.
+"""PostgreSQL's write statements: a multi-row INSERT for a few candles, COPY staging for more, and COPY
+straight into ``klines`` for archive files.
 
 A write smaller than ``COPY_ROWS`` is one multi-row ``INSERT … ON CONFLICT DO UPDATE``, its values
 inlined as literals where they are plain digits (bound parameters made the server four times slower).
 From ``COPY_ROWS`` on (a REST page of 1,000, a ``write_all`` of archive files) the batches are streamed
 by one COPY into the session's temporary staging table and moved into ``klines`` by one statement:
-measured here, parsing a 1,000-row VALUES list costs the server three times what COPY does.
+measured here, parsing a 1,000-row VALUES list costs the server three times what COPY does. A checked
+block that carries its archive lines, with none of its keys stored, is copied into ``klines`` as those
+lines: no staging, and no Python formatting of its values.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ _INSERT = f"INSERT INTO klines ({_COLUMNS}) VALUES"
 _INLINE_ROW = "('%s','%s','%s',%d,%s,%s,%s,%s,%s,%d,%s,%d,%s,%s)"
 _COPY_ROW = "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s\n"
 _STAGING = "klines_staging"
+_NEVER = 2**63
+"""Past every open time: where stored candles begin when none is stored after a point."""
 
 
 def upsert_batches(conn: Connection, batches: Iterable[Sequence[Kline]]) -> Kline | None:
@@ -51,6 +56,8 @@ def upsert_batches(conn: Connection, batches: Iterable[Sequence[Kline]]) -> Klin
         for batch in batches:
             rows = _last_of_each(batch)
             last = rows[-1]
+            if not waiting and staging.copy_directly(rows):
+                continue
             if staging.used or waiting_rows + len(rows) >= COPY_ROWS:
                 for held in [*waiting, rows]:
                     staging.add(held)
@@ -82,11 +89,33 @@ def _parameter_insert(rows: int) -> str:
     return f"{_INSERT} {', '.join([_GROUP] * rows)}{_ON_CONFLICT}"
 
 
+class _OpenCopy:
+    """One ``COPY … FROM STDIN`` in progress on the driver's connection, and the rows sent through it."""
+
+    def __init__(self, driver: PgConnection, statement: str) -> None:
+        self._stack = contextlib.ExitStack()
+        self._cursor = driver.cursor()
+        with _as_dbapi_error("COPY"):
+            self.copy = self._stack.enter_context(self._cursor.copy(statement))
+        self.rows = 0
+
+    def close(self) -> None:
+        """End the COPY; raises unless the server took every row sent."""
+        with _as_dbapi_error("COPY"):
+            self._stack.close()
+        _expect_rows(self.rows, self._cursor.rowcount)
+
+    def abandon(self, *exc: Any) -> None:
+        with contextlib.suppress(psycopg.Error):
+            self._stack.__exit__(*exc)  # psycopg tells the server the COPY failed
+
+
 class Staging:
     """Rows streamed by one COPY into the session's temporary table, then moved into ``klines`` by one
     statement: a plain INSERT when none of their keys is stored yet (a third faster than ON CONFLICT),
-    else the upsert. The table empties itself at commit (or rollback). A context manager: leaving it
-    on an error abandons the COPY."""
+    else the upsert. The table empties itself at commit (or rollback). Before anything is staged,
+    checked blocks that carry their archive lines go straight into ``klines`` by a COPY of their own.
+    A context manager: leaving it on an error abandons the COPYs."""
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
@@ -94,17 +123,19 @@ class Staging:
         self.rows = 0
         self._first: Kline | None = None
         self._last: Kline | None = None
-        self._copying: contextlib.ExitStack | None = None
-        self._copy: Copy | None = None
+        self._staging: _OpenCopy | None = None
+        self._direct: _OpenCopy | None = None
+        self._free: tuple[tuple[str, ...], int, int] | None = None
+        """A series key and a range of open times ``[lo, hi)`` where nothing was stored."""
 
     def __enter__(self) -> Staging:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._copying is not None:
-            self._copy = None
-            with contextlib.suppress(psycopg.Error):
-                self._copying.__exit__(*exc)  # psycopg tells the server the COPY failed
+        for copying in (self._staging, self._direct):
+            if copying is not None:
+                copying.abandon(*exc)
+        self._staging = self._direct = None
 
     def add(self, klines: Sequence[Kline]) -> None:
         first = klines[0]
@@ -112,30 +143,73 @@ class Staging:
             first[:3] != self._last[:3] or first.open_time <= self._last.open_time
         ):
             self.flush(more=True)  # one statement must not meet a key twice
+        staging = self._staging or self._start()
         with _as_dbapi_error("COPY"):
-            self._write(self._copy or self._start(), klines)
+            self._write(staging.copy, klines)
+        staging.rows += len(klines)
         self.rows += len(klines)
         self._first = self._first or first
         self._last = klines[-1]
 
-    def _start(self) -> Copy:
+    def copy_directly(self, klines: Sequence[Kline]) -> bool:
+        """COPY a checked block's archive lines straight into ``klines``, when nothing is staged yet and
+        none of its keys is stored: True when sent. No staging table, no formatting of its values, and
+        the server reads the lines the block was checked from. One COPY carries consecutive blocks; one
+        query per series finds where stored candles begin (the series lock keeps other writers out)."""
+        if self.used or not isinstance(klines, KlineBlock) or klines.text is None:
+            return False
+        times = klines.open_times
+        if not self._nothing_stored(klines.key, times[0], times[-1]):
+            return False
+        if self._direct is None:
+            self._direct = _OpenCopy(self._driver(), f"COPY klines ({_COLUMNS}) FROM STDIN")
+        with _as_dbapi_error("COPY"):
+            self._direct.copy.write(_copy_lines(klines.key, klines.text))
+        self._direct.rows += len(klines)
+        return True
+
+    def _nothing_stored(self, key: tuple[str, ...], first: int, last: int) -> bool:
+        free = self._free
+        if free is None or free[0] != key or not free[1] <= first < free[2]:
+            self._end_direct()  # no other statement while a COPY is open
+            market, symbol, interval = key
+            found = self._conn.exec_driver_sql(
+                'SELECT min(open_time) FROM klines WHERE market = %s AND symbol = %s AND "interval" = %s '
+                "AND open_time >= %s",
+                (market, symbol, interval, first),
+            ).scalar()
+            free = self._free = (key, first, _NEVER if found is None else int(found))
+        return last < free[2]
+
+    def _end_direct(self) -> None:
+        if self._direct is not None:
+            direct, self._direct = self._direct, None
+            direct.close()
+
+    def _driver(self) -> PgConnection:
         driver = self._conn.connection.dbapi_connection
         if not isinstance(driver, PgConnection):
             raise StorageError(f"expected a psycopg connection, got {type(driver).__name__}")
+        return driver
+
+    def _start(self) -> _OpenCopy:
+        self._end_direct()
+        driver = self._driver()
         # each time: a rolled-back transaction takes the table it created with it
-        driver.execute(
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGING} (LIKE klines INCLUDING DEFAULTS) "
-            "ON COMMIT DELETE ROWS"
-        )
+        with _as_dbapi_error("CREATE TEMPORARY TABLE"):
+            driver.execute(
+                f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGING} (LIKE klines INCLUDING DEFAULTS) "
+                "ON COMMIT DELETE ROWS"
+            )
         self.used = True
-        self._copying = contextlib.ExitStack()
-        self._copy = self._copying.enter_context(
-            driver.cursor().copy(f"COPY {_STAGING} ({_COLUMNS}) FROM STDIN")
-        )
-        return self._copy
+        self._staging = _OpenCopy(driver, f"COPY {_STAGING} ({_COLUMNS}) FROM STDIN")
+        return self._staging
 
     @staticmethod
     def _write(copy: Copy, klines: Sequence[Kline]) -> None:
+        if isinstance(klines, KlineBlock) and klines.text is not None:
+            copy.write(_copy_lines(klines.key, klines.text))
+            return
         for lo in range(0, len(klines), COPY_CHUNK_ROWS):
             chunk = klines[lo : lo + COPY_CHUNK_ROWS]
             values = flat_values(chunk)
@@ -149,23 +223,25 @@ class Staging:
                 copy.write_row(kline)
 
     def flush(self, *, more: bool = False) -> None:
-        """Move what is staged into ``klines``; ``more``: rows follow in this transaction, so empty the
-        table now (the commit empties it otherwise, more cheaply than a TRUNCATE)."""
-        if self._copying is not None:
-            copying, self._copying, self._copy = self._copying, None, None
-            with _as_dbapi_error("COPY"):
-                copying.close()
+        """End the COPYs and move what is staged into ``klines``; ``more``: rows follow in this
+        transaction, so empty the table now (the commit empties it otherwise, more cheaply than a
+        TRUNCATE)."""
+        self._end_direct()
+        if self._staging is not None:
+            staging, self._staging = self._staging, None
+            staging.close()
         if self._first is None or self._last is None:
             return
         move = f"INSERT INTO klines ({_COLUMNS}) SELECT {_COLUMNS} FROM {_STAGING}"
         if self._stored_between(self._first, self._last):
-            self._conn.exec_driver_sql(move + _ON_CONFLICT)
+            moved = self._conn.exec_driver_sql(move + _ON_CONFLICT).rowcount
         else:
             try:
                 with self._conn.begin_nested():
-                    self._conn.exec_driver_sql(move)
+                    moved = self._conn.exec_driver_sql(move).rowcount
             except sa_exc.IntegrityError:  # another writer stored some of these meanwhile
-                self._conn.exec_driver_sql(move + _ON_CONFLICT)
+                moved = self._conn.exec_driver_sql(move + _ON_CONFLICT).rowcount
+        _expect_rows(self.rows, moved)
         if more:
             self._conn.exec_driver_sql(f"TRUNCATE {_STAGING}")
         self.rows = 0
@@ -200,6 +276,19 @@ def _as_dbapi_error(statement: str) -> Iterator[None]:
         yield
     except psycopg.Error as exc:
         raise sa_exc.DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
+
+
+def _copy_lines(key: tuple[str, ...], text: str) -> str:
+    """A checked block's lines (:attr:`KlineBlock.text`) as COPY rows of ``klines``: the key in front,
+    tabs for commas. They hold only digits, points, commas and newlines: nothing needs escaping."""
+    front = "\t".join(key) + "\t"
+    return front + text[:-1].replace(",", "\t").replace("\n", "\n" + front) + "\n"
+
+
+def _expect_rows(sent: int, stored: int) -> None:
+    """The server stored as many rows as were sent, or the transaction must not commit."""
+    if stored != sent:
+        raise StorageError(f"sent {sent:,} candles to klines, and the server stored {stored:,}")
 
 
 def _last_of_each(klines: Sequence[Kline]) -> Sequence[Kline]:
