@@ -4,7 +4,7 @@ look at a database without our code."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -12,7 +12,7 @@ import pytest
 
 from extractor.errors import StorageUnavailable
 from extractor.intervals import DAY, Interval
-from extractor.klines import DECIMAL_FIELDS, FIELDS, Kline, Series
+from extractor.klines import DECIMAL_FIELDS, FIELDS, Kline, KlineBlock, Series, parse_csv, to_row
 from extractor.markets import Market
 from extractor.storage.tables import binance_text
 from utils.circuit_breaker import CircuitBreaker, MemoryStateStore
@@ -93,6 +93,18 @@ def candle(open_time: int, series: Series = BTC, price: str = "42000.12345678") 
 
 def candles(start: int, count: int, series: Series = BTC, price: str = "42000.12345678") -> list[Kline]:
     return [candle(series.interval.advance(start, i), series, price) for i in range(count)]
+
+
+def archive_blocks(klines: Sequence[Kline], series: Series = BTC, rows: int = 2_000) -> list[Sequence[Kline]]:
+    """``klines`` as the archive reader hands them over: checked blocks of ``rows`` that carry their
+    CSV lines."""
+    lines = [",".join(map(str, to_row(k))) for k in klines]
+    blocks = []
+    for lo in range(0, len(lines), rows):
+        block = parse_csv(series, lines[lo : lo + rows], 0, FOREVER)
+        assert isinstance(block, KlineBlock) and block.text is not None
+        blocks.append(block)
+    return blocks
 
 
 def every_decimal(kline: Kline, text: str) -> Kline:

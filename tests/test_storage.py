@@ -25,6 +25,7 @@ from tests.storage_cases import (
     T0,
     USDM,
     WIDEST,
+    archive_blocks,
     as_stored,
     backend_of,
     candle,
@@ -37,6 +38,13 @@ from utils.circuit_breaker import CircuitState
 # ---------------------------------------------------------------------------------------------- values
 
 
+def every_decimal_as_stored(kline: Kline, url: str) -> Kline:
+    """``kline`` as ``url``'s backend gives it back (see ``as_stored``)."""
+    return Kline._make(
+        as_stored(url, v) if name in DECIMAL_FIELDS else v for name, v in zip(FIELDS, kline, strict=True)
+    )
+
+
 def test_decimals_come_back_as_given(kline_store: KlineStore, backend_url: str) -> None:
     written = [every_decimal(candle(T0 + i * MINUTE), text) for i, text in enumerate(EXACT)]
     written.append(candle(T0 + 9 * MINUTE)._replace(open="1.5", close="0.1234567891", low="0"))
@@ -44,13 +52,7 @@ def test_decimals_come_back_as_given(kline_store: KlineStore, backend_url: str) 
 
     read = list(kline_store.read(BTC, T0, T0 + DAY))
 
-    expected = [
-        Kline._make(
-            as_stored(backend_url, v) if name in DECIMAL_FIELDS else v
-            for name, v in zip(FIELDS, k, strict=True)
-        )
-        for k in written
-    ]
+    expected = [every_decimal_as_stored(k, backend_url) for k in written]
     assert [to_row(k) for k in read] == [to_row(k) for k in expected]
     assert all(
         Decimal(a) == Decimal(b)
@@ -76,6 +78,21 @@ def test_the_widest_values_the_row_check_accepts_come_back_exactly(
 
     assert [k.open for k in read] == [as_stored(backend_url, text) for text in WIDEST]
     assert [Decimal(k.quote_asset_volume) for k in read] == [Decimal(text) for text in WIDEST]
+
+
+@pytest.mark.parametrize("price", ["42000.12345678", "0.00000001", "98765432109.87654321"])
+def test_archive_blocks_store_their_candles_exactly_and_overwrite_stored_ones(
+    kline_store: KlineStore, backend_url: str, price: str
+) -> None:
+    """Blocks that carry their CSV lines take each backend's fastest path (PostgreSQL's COPY of the
+    lines, MySQL's upserts of them); over stored candles the newer values win, each candle once."""
+    kline_store.write(candles(T0 + 2_500 * MINUTE, 1_000, price="1.00000000"))
+    newer = candles(T0, 5_000, price=price)
+
+    assert kline_store.write_all(archive_blocks(newer)) == 5_000
+
+    read = list(kline_store.read(BTC, T0, FOREVER))
+    assert [to_row(k) for k in read] == [to_row(every_decimal_as_stored(k, backend_url)) for k in newer]
 
 
 def test_rewriting_a_batch_updates_values_and_adds_no_rows(kline_store: KlineStore) -> None:

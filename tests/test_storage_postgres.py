@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -14,10 +14,10 @@ import pytest
 
 from extractor.errors import BadInputError, RunLocked, StorageError
 from extractor.intervals import MINUTE
-from extractor.klines import Kline, KlineBlock, parse_csv, to_row
+from extractor.klines import Kline, parse_csv, to_row
 from extractor.storage import open_store
 from extractor.storage.postgres_writes import COPY_ROWS
-from tests.storage_cases import BTC, FOREVER, T0, candle, candles, db_breaker
+from tests.storage_cases import BTC, FOREVER, T0, archive_blocks, candle, candles, db_breaker
 
 pytestmark = pytest.mark.postgres
 
@@ -193,17 +193,6 @@ def test_timescale_on_a_server_without_it_is_bad_input(fresh_postgres_url: str) 
 
     with pytest.raises(BadInputError, match=r"no timescaledb extension .* or drop \?timescale=true"):
         open_store(url, breaker=db_breaker())
-
-
-def archive_blocks(klines: list[Kline], rows_per_block: int = 2_000) -> list[Sequence[Kline]]:
-    """``klines`` as the archive reader hands them over: checked blocks that carry their CSV lines."""
-    lines = [",".join(map(str, to_row(k))) for k in klines]
-    blocks = []
-    for lo in range(0, len(lines), rows_per_block):
-        block = parse_csv(BTC, lines[lo : lo + rows_per_block], T0, FOREVER)
-        assert isinstance(block, KlineBlock) and block.text is not None
-        blocks.append(block)
-    return blocks
 
 
 def test_archive_blocks_over_an_empty_range_are_copied_straight_into_klines_exactly(

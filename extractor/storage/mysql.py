@@ -25,7 +25,7 @@ from extractor.errors import (
     StorageUnavailable,
     format_utc,
 )
-from extractor.klines import FIELDS, Kline, Series
+from extractor.klines import FIELDS, Kline, KlineBlock, Series
 from extractor.secrets import mask_url
 from extractor.storage.records import SeriesLocks
 from extractor.storage.series_locks import mysql_locks
@@ -108,13 +108,29 @@ class MySqlKlineStore(SqlKlineStore):
             conn.exec_driver_sql("ALTER TABLE exchange_gaps ALTER COLUMN market DROP DEFAULT")
 
     def _upsert(self, conn: Connection, klines: Sequence[Kline]) -> None:
-        values = flat_values(klines)
-        statements = self._inlined_upserts(klines, values)
+        statements: list[str] | None
+        if isinstance(klines, KlineBlock) and klines.text is not None:
+            statements = self._upserts_of_lines(klines.key, klines.text)
+        else:
+            statements = self._inlined_upserts(klines, flat_values(klines))
         if statements is None:
             conn.exec_driver_sql(self._upsert_sql, [tuple(k) for k in klines])
             return
         for sql in statements:
             conn.exec_driver_sql(sql)
+
+    def _upserts_of_lines(self, key: tuple[str, ...], text: str) -> list[str]:
+        """Upserts of a checked block's archive lines (:attr:`KlineBlock.text`): each line is already its
+        row's values as SQL literals (digits and unsigned decimals, exact DECIMAL literals to MySQL),
+        so a row is the series key in front of it, joined in C."""
+        front = "('" + "','".join(key) + "',"
+        lines = text[:-1].split("\n")
+        return [
+            self._upsert_sql.replace(
+                self._group, front + (")," + front).join(lines[lo : lo + ROWS_PER_STATEMENT]) + ")"
+            )
+            for lo in range(0, len(lines), ROWS_PER_STATEMENT)
+        ]
 
     def _inlined_upserts(self, klines: Sequence[Kline], values: list[Any]) -> list[str] | None:
         """Upserts with the values written into the SQL, or None unless every one is safe there.
