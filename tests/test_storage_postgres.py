@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -14,7 +14,7 @@ import pytest
 
 from extractor.errors import BadInputError, RunLocked, StorageError
 from extractor.intervals import MINUTE
-from extractor.klines import Kline, parse_csv, to_row
+from extractor.klines import Kline, parse_csv, parse_rows, to_row
 from extractor.storage import open_store
 from extractor.storage.postgres_writes import COPY_ROWS
 from tests.storage_cases import BTC, FOREVER, T0, archive_blocks, candle, candles, db_breaker
@@ -222,3 +222,43 @@ def test_archive_blocks_over_stored_candles_are_staged_and_upserted(fresh_postgr
         assert store.write_all(archive_blocks(newer)) == 6_000
 
         assert list(store.read(BTC, T0, FOREVER)) == newer
+
+
+def test_two_writers_copying_one_free_range_straight_into_klines_both_succeed(
+    fresh_postgres_url: str,
+) -> None:
+    """Both find nothing stored and COPY their pages into klines; the later one meets the other's keys
+    when it ends its COPY, runs its transaction again, and then upserts."""
+    both_sent = threading.Barrier(2, timeout=30)
+    errors: list[BaseException] = []
+
+    class Pages(list[Sequence[Kline]]):
+        """A rerunnable write whose first reading waits until both writers have sent everything."""
+
+        waited = False
+
+        def __iter__(self) -> Iterator[Sequence[Kline]]:
+            yield from super().__iter__()
+            if not self.waited:
+                self.waited = True
+                both_sent.wait()
+
+    def writer(price: str) -> None:
+        rows = [to_row(k) for k in candles(T0, 300, price=price)]
+        pages = Pages(parse_rows(BTC, rows[lo : lo + 150], T0, FOREVER) for lo in (0, 150))
+        try:
+            with open_store(fresh_postgres_url, breaker=db_breaker()) as store:
+                store.write_all(pages)
+        except BaseException as exc:
+            errors.append(exc)
+
+    writers = [threading.Thread(target=writer, args=(price,)) for price in ("1.00000000", "2.00000000")]
+    for one in writers:
+        one.start()
+    for one in writers:
+        one.join()
+
+    assert errors == []
+    with open_store(fresh_postgres_url, breaker=db_breaker()) as store:
+        stored = list(store.read(BTC, T0, FOREVER))
+    assert len(stored) == 300 and len({k.open for k in stored}) == 1  # one writer's values, whole

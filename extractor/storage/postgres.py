@@ -39,6 +39,9 @@ CHUNK_TIME_MS = 7 * 86_400_000
 
 _UNAVAILABLE_STATES = ("08", "53", "57", "58")  # connection, resources, operator intervention, system
 _CONFLICT_STATES = {"40001", "40P01"}  # serialization failure, deadlock: run the transaction again
+_RERUN_STATES = {*_CONFLICT_STATES, "23505"}
+"""And a unique violation: another writer stored some of the keys a COPY into ``klines`` sent after this
+transaction looked, and run again it finds them and upserts (see ``postgres_writes``)."""
 _LOGIN_STATES = ("28", "3D")  # authorization, unknown database
 _READ_ONLY_STATES = {"25006"}
 _BAD_OPTION = re.compile(r"(connection is bad: )?invalid ").match
@@ -143,7 +146,7 @@ class PostgresKlineStore(SqlKlineStore):
         )
 
     def _lost_a_conflict(self, exc: sa_exc.DBAPIError) -> bool:
-        return _sqlstate(exc) in _CONFLICT_STATES
+        return _sqlstate(exc) in _RERUN_STATES
 
     # -- checks and errors ----------------------------------------------------------------------------
 

@@ -1,13 +1,13 @@
-"""PostgreSQL's write statements: a multi-row INSERT for a few candles, COPY staging for more, and COPY
-straight into ``klines`` for archive files.
+"""PostgreSQL's write statements: COPY straight into ``klines`` where nothing is stored, COPY staging
+where something is, and a multi-row INSERT for a few candles.
 
-A write smaller than ``COPY_ROWS`` is one multi-row ``INSERT … ON CONFLICT DO UPDATE``, its values
-inlined as literals where they are plain digits (bound parameters made the server four times slower).
-From ``COPY_ROWS`` on (a REST page of 1,000, a ``write_all`` of archive files) the batches are streamed
-by one COPY into the session's temporary staging table and moved into ``klines`` by one statement:
-measured here, parsing a 1,000-row VALUES list costs the server three times what COPY does. A checked
-block that carries its archive lines, with none of its keys stored, is copied into ``klines`` as those
-lines: no staging, and no Python formatting of its values.
+Checked blocks of a page or more (REST pages of 1,000, archive files) whose range holds nothing yet are
+COPYed into ``klines``; an archive block goes as the lines it was checked from, with no Python
+formatting of its values. Otherwise a write smaller than ``COPY_ROWS`` is one multi-row
+``INSERT … ON CONFLICT DO UPDATE``, its values inlined as literals where they are plain digits (bound
+parameters made the server four times slower), and from ``COPY_ROWS`` on the batches are streamed by
+one COPY into the session's temporary staging table and moved into ``klines`` by one statement:
+measured here, parsing a 1,000-row VALUES list costs the server three times what COPY does.
 """
 
 from __future__ import annotations
@@ -152,11 +152,14 @@ class Staging:
         self._last = klines[-1]
 
     def copy_directly(self, klines: Sequence[Kline]) -> bool:
-        """COPY a checked block's archive lines straight into ``klines``, when nothing is staged yet and
-        none of its keys is stored: True when sent. No staging table, no formatting of its values, and
-        the server reads the lines the block was checked from. One COPY carries consecutive blocks; one
-        query per series finds where stored candles begin (the series lock keeps other writers out)."""
-        if self.used or not isinstance(klines, KlineBlock) or klines.text is None:
+        """COPY a checked block straight into ``klines`` (its archive lines as they are, or its values
+        formatted), when it carries lines or fills a page, nothing is staged yet and none of its keys is
+        stored: True when sent. No staging table and no second statement; one COPY carries consecutive
+        blocks, and one query per series finds where stored candles begin (the series lock keeps other
+        writers out)."""
+        if self.used or not isinstance(klines, KlineBlock):
+            return False
+        if klines.text is None and len(klines) < COPY_ROWS:
             return False
         times = klines.open_times
         if not self._nothing_stored(klines.key, times[0], times[-1]):
@@ -164,7 +167,7 @@ class Staging:
         if self._direct is None:
             self._direct = _OpenCopy(self._driver(), f"COPY klines ({_COLUMNS}) FROM STDIN")
         with _as_dbapi_error("COPY"):
-            self._direct.copy.write(_copy_lines(klines.key, klines.text))
+            self._write(self._direct.copy, klines)
         self._direct.rows += len(klines)
         return True
 
