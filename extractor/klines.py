@@ -322,7 +322,8 @@ def parse_csv(series: Series, lines: list[str], start: int, end: int) -> Sequenc
         )
     # Every line has 12 fields: one split of the whole chunk, then a slice per column (C-level, no
     # list per row).
-    flat = ",".join(lines).split(",")
+    joined = "\n".join(lines)
+    flat = joined.replace("\n", ",").split(",")
     columns: list[tuple[Any, ...]] = [tuple(flat[i::12]) for i in range(12)]
     del flat
     for index in (0, 6, 8):
@@ -341,7 +342,7 @@ def parse_csv(series: Series, lines: list[str], start: int, end: int) -> Sequenc
     fast = _from_columns(series, columns, start, end, typed=True)
     if fast is not None:
         if exact_text:  # every field checked as digits or decimal text: the lines say what the block holds
-            fast.text = ("\n".join(lines) + "\n").replace(",0\n", "\n")
+            fast.text = (joined + "\n").replace(",0\n", "\n")
         return fast
     return _row_by_row(series, list(map(list, zip(*columns, strict=True))), start, end)
 

@@ -65,21 +65,28 @@ def best_sqlite(fake: FakeProcess, work: Path, source: str, runs: int = RUNS) ->
     return best
 
 
-def server_run(fake: FakeProcess, work: Path, backend: str) -> Run | str:
-    """The archive year into a fresh MariaDB or PostgreSQL database, or why that server is not there."""
+def server_run(fake: FakeProcess, work: Path, backend: str, runs: int = RUNS) -> Run | str:
+    """The archive year into a fresh MariaDB or PostgreSQL database each run, the best of ``runs``, or
+    why that server is not there."""
     databases: MySqlDatabases | PostgresDatabases = (
         MySqlDatabases(os.environ.get("MYSQL_URL", DEFAULT_MYSQL_URL))
         if backend == "mysql"
         else PostgresDatabases(os.environ.get("POSTGRES_URL", DEFAULT_POSTGRES_URL))
     )
-    try:
-        url = databases.create()
-    except Exception as exc:  # a missing server is a row that says so, not a failed bench
-        return f"not measured: {type(exc).__name__}: {str(exc)[:80]}"
-    try:
-        return backfill(url, fake, work / "state", "archive")
-    finally:
-        databases.drop(url)
+    best: Run | None = None
+    for _ in range(runs):
+        try:
+            url = databases.create()
+        except Exception as exc:  # a missing server is a row that says so, not a failed bench
+            return f"not measured: {type(exc).__name__}: {str(exc)[:80]}"
+        try:
+            run = backfill(url, fake, work / "state", "archive")
+        finally:
+            databases.drop(url)
+        if best is None or run.seconds < best.seconds:
+            best = run
+    assert best is not None
+    return best
 
 
 def _rate(run: Run) -> float:
@@ -125,8 +132,8 @@ def rows() -> list[BenchRow]:
             f"{archive.seconds:.2f} s; our REST {_rate(rest):,.0f}/s ({rest.seconds:.1f} s): {ratio:.1f}x",
             _rate(archive) >= SQLITE_TARGET and ratio >= REST_RATIO_TARGET,
         ),
-        _server_row("B10 archive -> mariadb, one year of 1m", mariadb, MARIADB_TARGET),
-        _server_row("B10 archive -> postgresql, one year of 1m", postgres, POSTGRES_TARGET),
+        _server_row(f"B10 archive -> mariadb, one year of 1m (best of {RUNS})", mariadb, MARIADB_TARGET),
+        _server_row(f"B10 archive -> postgresql, one year of 1m (best of {RUNS})", postgres, POSTGRES_TARGET),
         BenchRow(
             "B10 archive -> sqlite, peak RSS",
             peak,
