@@ -95,6 +95,21 @@ def test_archive_blocks_store_their_candles_exactly_and_overwrite_stored_ones(
     assert [to_row(k) for k in read] == [to_row(every_decimal_as_stored(k, backend_url)) for k in newer]
 
 
+def test_archive_blocks_that_repeat_candles_in_one_write_store_each_once_with_the_later_values(
+    kline_store: KlineStore,
+) -> None:
+    earlier = candles(T0, 3_000, price="1.00000000")
+    later = candles(T0 + 2_000 * MINUTE, 3_000, price="2.00000000")
+
+    assert (
+        kline_store.write_all([*archive_blocks(earlier, rows=3_000), *archive_blocks(later, rows=3_000)])
+        == 6_000
+    )
+
+    read = list(kline_store.read(BTC, T0, FOREVER))
+    assert [k.open for k in read] == ["1.00000000"] * 2_000 + ["2.00000000"] * 3_000
+
+
 def test_rewriting_a_batch_updates_values_and_adds_no_rows(kline_store: KlineStore) -> None:
     kline_store.write(candles(T0, 50))
     kline_store.write(candles(T0, 50, price="1.00000001"))

@@ -47,8 +47,10 @@ _NEVER = 2**63
 
 
 def upsert_batches(conn: Connection, batches: Iterable[Sequence[Kline]]) -> Kline | None:
-    """A write smaller than ``COPY_ROWS`` is inserted; once the batches add up to that many, they are
-    all staged and upserted together, in order (staging is flushed before a key repeats)."""
+    """Checked blocks go straight into ``klines`` while their range holds nothing (see
+    :meth:`Staging.copy_directly`); then a write smaller than ``COPY_ROWS`` is inserted, and once the
+    batches add up to that many they are all staged and upserted together, in order (staging is
+    flushed before a key repeats)."""
     waiting: list[Sequence[Kline]] = []
     waiting_rows = 0
     last: Kline | None = None
@@ -114,7 +116,7 @@ class Staging:
     """Rows streamed by one COPY into the session's temporary table, then moved into ``klines`` by one
     statement: a plain INSERT when none of their keys is stored yet (a third faster than ON CONFLICT),
     else the upsert. The table empties itself at commit (or rollback). Before anything is staged,
-    checked blocks that carry their archive lines go straight into ``klines`` by a COPY of their own.
+    checked blocks over a range that holds nothing go straight into ``klines`` by a COPY of their own.
     A context manager: leaving it on an error abandons the COPYs."""
 
     def __init__(self, conn: Connection) -> None:
@@ -169,9 +171,12 @@ class Staging:
         with _as_dbapi_error("COPY"):
             self._write(self._direct.copy, klines)
         self._direct.rows += len(klines)
+        self._free = (klines.key, times[-1] + 1, self._free[2] if self._free else _NEVER)
         return True
 
     def _nothing_stored(self, key: tuple[str, ...], first: int, last: int) -> bool:
+        """Whether ``[first, last]`` of the series holds nothing, this transaction's COPYs included: a
+        block that repeats a copied key asks again, and is then staged and upserted."""
         free = self._free
         if free is None or free[0] != key or not free[1] <= first < free[2]:
             self._end_direct()  # no other statement while a COPY is open
