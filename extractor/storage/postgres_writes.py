@@ -98,8 +98,14 @@ class _OpenCopy:
         self._stack = contextlib.ExitStack()
         self._cursor = driver.cursor()
         with _as_dbapi_error("COPY"):
-            self.copy = self._stack.enter_context(self._cursor.copy(statement))
+            self._copy = self._stack.enter_context(self._cursor.copy(statement))
         self.rows = 0
+
+    def send(self, klines: Sequence[Kline]) -> None:
+        """``klines`` as COPY rows: a checked block's lines as they are, other values formatted."""
+        with _as_dbapi_error("COPY"):
+            _write_rows(self._copy, klines)
+        self.rows += len(klines)
 
     def close(self) -> None:
         """End the COPY; raises unless the server took every row sent."""
@@ -122,13 +128,13 @@ class Staging:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self.used = False
-        self.rows = 0
         self._first: Kline | None = None
         self._last: Kline | None = None
         self._staging: _OpenCopy | None = None
         self._direct: _OpenCopy | None = None
         self._free: tuple[tuple[str, ...], int, int] | None = None
-        """A series key and a range of open times ``[lo, hi)`` where nothing was stored."""
+        """A series key and a range of open times ``[lo, hi)`` that holds nothing and that no COPY of
+        this transaction has sent to yet."""
 
     def __enter__(self) -> Staging:
         return self
@@ -145,11 +151,7 @@ class Staging:
             first[:3] != self._last[:3] or first.open_time <= self._last.open_time
         ):
             self.flush(more=True)  # one statement must not meet a key twice
-        staging = self._staging or self._start()
-        with _as_dbapi_error("COPY"):
-            self._write(staging.copy, klines)
-        staging.rows += len(klines)
-        self.rows += len(klines)
+        (self._staging or self._start()).send(klines)
         self._first = self._first or first
         self._last = klines[-1]
 
@@ -164,30 +166,37 @@ class Staging:
         if klines.text is None and len(klines) < COPY_ROWS:
             return False
         times = klines.open_times
-        if not self._nothing_stored(klines.key, times[0], times[-1]):
+        if not self._claim_free(klines.key, times[0], times[-1]):
             return False
         if self._direct is None:
             self._direct = _OpenCopy(self._driver(), f"COPY klines ({_COLUMNS}) FROM STDIN")
-        with _as_dbapi_error("COPY"):
-            self._write(self._direct.copy, klines)
-        self._direct.rows += len(klines)
-        self._free = (klines.key, times[-1] + 1, self._free[2] if self._free else _NEVER)
+        self._direct.send(klines)
         return True
 
-    def _nothing_stored(self, key: tuple[str, ...], first: int, last: int) -> bool:
-        """Whether ``[first, last]`` of the series holds nothing, this transaction's COPYs included: a
-        block that repeats a copied key asks again, and is then staged and upserted."""
+    def _claim_free(self, key: tuple[str, ...], first: int, last: int) -> bool:
+        """True when ``[first, last]`` of the series holds nothing, this transaction's COPYs included;
+        the range is then taken, so a later block that repeats one of its keys asks again (and is then
+        staged and upserted)."""
         free = self._free
         if free is None or free[0] != key or not free[1] <= first < free[2]:
             self._end_direct()  # no other statement while a COPY is open
-            market, symbol, interval = key
-            found = self._conn.exec_driver_sql(
-                'SELECT min(open_time) FROM klines WHERE market = %s AND symbol = %s AND "interval" = %s '
-                "AND open_time >= %s",
-                (market, symbol, interval, first),
-            ).scalar()
-            free = self._free = (key, first, _NEVER if found is None else int(found))
-        return last < free[2]
+            found = self._first_stored(key, first)
+            free = (key, first, _NEVER if found is None else found)
+        if last >= free[2]:
+            self._free = free
+            return False
+        self._free = (key, last + 1, free[2])
+        return True
+
+    def _first_stored(self, key: tuple[str, ...], start: int) -> int | None:
+        """The oldest stored open time of the series at or after ``start``, or None."""
+        market, symbol, interval = key
+        found = self._conn.exec_driver_sql(
+            'SELECT min(open_time) FROM klines WHERE market = %s AND symbol = %s AND "interval" = %s '
+            "AND open_time >= %s",
+            (market, symbol, interval, start),
+        ).scalar()
+        return None if found is None else int(found)
 
     def _end_direct(self) -> None:
         if self._direct is not None:
@@ -213,35 +222,19 @@ class Staging:
         self._staging = _OpenCopy(driver, f"COPY {_STAGING} ({_COLUMNS}) FROM STDIN")
         return self._staging
 
-    @staticmethod
-    def _write(copy: Copy, klines: Sequence[Kline]) -> None:
-        if isinstance(klines, KlineBlock) and klines.text is not None:
-            copy.write(_copy_lines(klines.key, klines.text))
-            return
-        for lo in range(0, len(klines), COPY_CHUNK_ROWS):
-            chunk = klines[lo : lo + COPY_CHUNK_ROWS]
-            values = flat_values(chunk)
-            if unsigned_decimals(chunk, values):
-                try:
-                    copy.write((_COPY_ROW * len(chunk)) % tuple(values))
-                    continue
-                except TypeError:  # not an integer where %d wants one: let psycopg write the rows
-                    pass
-            for kline in chunk:
-                copy.write_row(kline)
-
     def flush(self, *, more: bool = False) -> None:
         """End the COPYs and move what is staged into ``klines``; ``more``: rows follow in this
         transaction, so empty the table now (the commit empties it otherwise, more cheaply than a
         TRUNCATE)."""
         self._end_direct()
-        if self._staging is not None:
-            staging, self._staging = self._staging, None
+        staging, self._staging = self._staging, None
+        if staging is not None:
             staging.close()
-        if self._first is None or self._last is None:
+        if staging is None or self._first is None or self._last is None:
             return
         move = f"INSERT INTO klines ({_COLUMNS}) SELECT {_COLUMNS} FROM {_STAGING}"
-        if self._stored_between(self._first, self._last):
+        stored = self._first_stored(self._first[:3], self._first.open_time)
+        if stored is not None and stored <= self._last.open_time:
             moved = self._conn.exec_driver_sql(move + _ON_CONFLICT).rowcount
         else:
             try:
@@ -249,19 +242,29 @@ class Staging:
                     moved = self._conn.exec_driver_sql(move).rowcount
             except sa_exc.IntegrityError:  # another writer stored some of these meanwhile
                 moved = self._conn.exec_driver_sql(move + _ON_CONFLICT).rowcount
-        _expect_rows(self.rows, moved)
+        _expect_rows(staging.rows, moved)
         if more:
             self._conn.exec_driver_sql(f"TRUNCATE {_STAGING}")
-        self.rows = 0
         self._first = self._last = None
 
-    def _stored_between(self, first: Kline, last: Kline) -> bool:
-        found = self._conn.exec_driver_sql(
-            'SELECT 1 FROM klines WHERE market = %s AND symbol = %s AND "interval" = %s '
-            "AND open_time BETWEEN %s AND %s LIMIT 1",
-            (first.market, first.symbol, first.interval, first.open_time, last.open_time),
-        ).first()
-        return found is not None
+
+def _write_rows(copy: Copy, klines: Sequence[Kline]) -> None:
+    """``klines`` as COPY rows of ``klines``' columns: a checked block's lines with the key in front,
+    others formatted in bulk where every value is plain, else by psycopg row by row."""
+    if isinstance(klines, KlineBlock) and klines.text is not None:
+        copy.write(_copy_lines(klines.key, klines.text))
+        return
+    for lo in range(0, len(klines), COPY_CHUNK_ROWS):
+        chunk = klines[lo : lo + COPY_CHUNK_ROWS]
+        values = flat_values(chunk)
+        if unsigned_decimals(chunk, values):
+            try:
+                copy.write((_COPY_ROW * len(chunk)) % tuple(values))
+                continue
+            except TypeError:  # not an integer where %d wants one: let psycopg write the rows
+                pass
+        for kline in chunk:
+            copy.write_row(kline)
 
 
 def _inlined_insert(klines: Sequence[Kline], values: list[Any]) -> str | None:
