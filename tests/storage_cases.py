@@ -3,6 +3,7 @@ look at a database without our code."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
@@ -121,6 +122,24 @@ def as_stored(url: str, text: str) -> str:
     """What ``url``'s backend gives back for ``text``: the same text, except on MySQL, whose fixed-scale
     DECIMAL(48,18) answers at Binance's 8 places when that is exact, else with as few places as exact."""
     return binance_text(Decimal(text)) if backend_of(url) == "mysql" else text
+
+
+def side_by_side(*calls: Callable[[], object]) -> None:
+    """Run every call at once, each on a thread of its own; fails with whatever any of them raised."""
+    errors: list[BaseException] = []
+
+    def run(call: Callable[[], object]) -> None:
+        try:
+            call()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
 
 
 def eventually(check: Callable[[], bool], what: str, seconds: float = 15.0) -> None:

@@ -4,9 +4,9 @@ batches. Holes, gaps and series are in ``test_storage_series.py``, locks and pro
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
+from functools import partial
 from typing import Any, cast
 
 import pymongo
@@ -32,6 +32,7 @@ from tests.storage_cases import (
     candles,
     every_decimal,
     series_of,
+    side_by_side,
 )
 from utils.circuit_breaker import CircuitState
 
@@ -231,30 +232,16 @@ def test_write_all_whose_source_fails_leaves_nothing(kline_store: KlineStore) ->
 def test_two_writers_on_overlapping_batches_store_each_candle_once(
     kline_store: KlineStore, second_kline_store: KlineStore
 ) -> None:
-    errors: list[BaseException] = []
-
     def writer(target: KlineStore, first: int) -> None:
-        try:
-            for chunk in range(4):
-                target.write(candles(T0 + (first + chunk * 250) * MINUTE, 250))
-        except BaseException as exc:
-            errors.append(exc)
+        for chunk in range(4):
+            target.write(candles(T0 + (first + chunk * 250) * MINUTE, 250))
 
-    threads = [
-        threading.Thread(target=writer, args=args)
-        for args in (
-            (kline_store, 0),
-            (kline_store, 500),
-            (second_kline_store, 250),
-            (second_kline_store, 750),
-        )
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    assert errors == []
+    side_by_side(
+        partial(writer, kline_store, 0),
+        partial(writer, kline_store, 500),
+        partial(writer, second_kline_store, 250),
+        partial(writer, second_kline_store, 750),
+    )
     assert kline_store.count(BTC, T0, FOREVER) == 1_750
     assert kline_store.missing_ranges(BTC, T0, T0 + 1_750 * MINUTE) == []
 

@@ -26,6 +26,7 @@ from tests.storage_cases import (
     candles,
     db_breaker,
     eventually,
+    side_by_side,
     table_names,
 )
 
@@ -85,23 +86,13 @@ def test_the_lock_of_a_killed_run_is_released(kline_store: KlineStore, backend_u
 def test_runs_opening_a_new_database_at_once_all_succeed(backend_url: str) -> None:
     """Shards of one CronJob start together: creating the tables must not race."""
     start = threading.Barrier(3, timeout=30)
-    errors: list[BaseException] = []
 
     def run() -> None:
-        try:
-            start.wait()
-            with open_store(backend_url, breaker=db_breaker()) as opened:
-                opened.write(candles(T0, 5))
-        except BaseException as exc:
-            errors.append(exc)
+        start.wait()
+        with open_store(backend_url, breaker=db_breaker()) as opened:
+            opened.write(candles(T0, 5))
 
-    runs = [threading.Thread(target=run) for _ in range(3)]
-    for thread in runs:
-        thread.start()
-    for thread in runs:
-        thread.join()
-
-    assert errors == []
+    side_by_side(run, run, run)
     with open_store(backend_url, breaker=db_breaker()) as opened:
         assert opened.count(BTC, T0, FOREVER) == 5
 

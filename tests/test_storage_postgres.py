@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator, Sequence
+from functools import partial
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -17,7 +18,7 @@ from extractor.intervals import MINUTE
 from extractor.klines import Kline, parse_csv, parse_rows, to_row
 from extractor.storage import open_store
 from extractor.storage.postgres_writes import COPY_ROWS
-from tests.storage_cases import BTC, FOREVER, T0, archive_blocks, candle, candles, db_breaker
+from tests.storage_cases import BTC, FOREVER, T0, archive_blocks, candle, candles, db_breaker, side_by_side
 
 pytestmark = pytest.mark.postgres
 
@@ -86,7 +87,6 @@ def test_two_bulk_writers_of_one_range_both_succeed_and_store_each_candle_once(
     """Both find the range empty and move their staging rows with a plain INSERT; the later one meets the
     other's keys and falls back to the upsert inside its own transaction."""
     both_staged = threading.Barrier(2, timeout=30)
-    errors: list[BaseException] = []
 
     def bulk_writer(price: str) -> None:
         def batches() -> Iterator[list[Kline]]:
@@ -94,19 +94,10 @@ def test_two_bulk_writers_of_one_range_both_succeed_and_store_each_candle_once(
             yield candles(T0 + 3_000 * MINUTE, 3_000, price=price)
             both_staged.wait()  # the flush of each comes after the other has staged everything
 
-        try:
-            with open_store(fresh_postgres_url, breaker=db_breaker()) as store:
-                store.write_all(batches())
-        except BaseException as exc:
-            errors.append(exc)
+        with open_store(fresh_postgres_url, breaker=db_breaker()) as store:
+            store.write_all(batches())
 
-    writers = [threading.Thread(target=bulk_writer, args=(price,)) for price in ("1.00000000", "2.00000000")]
-    for writer in writers:
-        writer.start()
-    for writer in writers:
-        writer.join()
-
-    assert errors == []
+    side_by_side(partial(bulk_writer, "1.00000000"), partial(bulk_writer, "2.00000000"))
     with open_store(fresh_postgres_url, breaker=db_breaker()) as store:
         stored = list(store.read(BTC, T0, FOREVER))
     assert len(stored) == 6_000 and len({k.open for k in stored}) == 1  # one writer's values, whole
@@ -230,7 +221,6 @@ def test_two_writers_copying_one_free_range_straight_into_klines_both_succeed(
     """Both find nothing stored and COPY their pages into klines; the later one meets the other's keys
     when it ends its COPY, runs its transaction again, and then upserts."""
     both_sent = threading.Barrier(2, timeout=30)
-    errors: list[BaseException] = []
 
     class Pages(list[Sequence[Kline]]):
         """A rerunnable write whose first reading waits until both writers have sent everything."""
@@ -246,19 +236,10 @@ def test_two_writers_copying_one_free_range_straight_into_klines_both_succeed(
     def writer(price: str) -> None:
         rows = [to_row(k) for k in candles(T0, 300, price=price)]
         pages = Pages(parse_rows(BTC, rows[lo : lo + 150], T0, FOREVER) for lo in (0, 150))
-        try:
-            with open_store(fresh_postgres_url, breaker=db_breaker()) as store:
-                store.write_all(pages)
-        except BaseException as exc:
-            errors.append(exc)
+        with open_store(fresh_postgres_url, breaker=db_breaker()) as store:
+            store.write_all(pages)
 
-    writers = [threading.Thread(target=writer, args=(price,)) for price in ("1.00000000", "2.00000000")]
-    for one in writers:
-        one.start()
-    for one in writers:
-        one.join()
-
-    assert errors == []
+    side_by_side(partial(writer, "1.00000000"), partial(writer, "2.00000000"))
     with open_store(fresh_postgres_url, breaker=db_breaker()) as store:
         stored = list(store.read(BTC, T0, FOREVER))
     assert len(stored) == 300 and len({k.open for k in stored}) == 1  # one writer's values, whole
